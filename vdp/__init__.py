@@ -1,0 +1,1 @@
+"""Shared machinery of the video data pipeline: planning, decoding, tar writing, errors, progress."""

@@ -1,0 +1,120 @@
+"""Run one function over many items in worker processes, yielding results in input order.
+
+A worker that hangs or crashes must not hang or kill the run: each call runs under an alarm
+(`timeout` seconds), and a watchdog in the parent catches what the alarm cannot (a native
+hang holding the GIL, a segfault). After such an event the items that were in flight are
+retried one at a time in a fresh process, so only the culprit fails, with a reason.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WorkFailure:
+    """Stands in an item's place when its worker timed out or died."""
+
+    reason: str
+
+
+class _Alarm(Exception):
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise _Alarm()
+
+
+def _call_with_alarm(fn: Callable, item, timeout: float):
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(max(1, math.ceil(timeout)))
+    try:
+        return fn(item)
+    except _Alarm:
+        return WorkFailure(f"timeout: no result after {timeout:g}s")
+    finally:
+        signal.alarm(0)
+
+
+def _new_pool(workers: int, initializer, initargs) -> ProcessPoolExecutor:
+    # fork: workers start in milliseconds and inherit the imported decoder libraries.
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=initializer, initargs=initargs)
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    # The executor has no public way to stop a running task; its processes are killed directly.
+    for proc in list(getattr(pool, "_processes", {}).values()):
+        proc.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _run_alone(fn, item, timeout: float, initializer, initargs):
+    pool = _new_pool(1, initializer, initargs)
+    try:
+        return pool.submit(_call_with_alarm, fn, item, timeout).result(timeout=timeout + 10)
+    except FutureTimeout:
+        return WorkFailure(f"timeout: worker hung for {timeout + 10:g}s and was killed")
+    except BrokenProcessPool:
+        return WorkFailure("crash: the decoding process died")
+    finally:
+        _kill(pool)
+
+
+def map_ordered(
+    fn: Callable,
+    items: Iterable,
+    workers: int,
+    timeout: float = 600.0,
+    initializer: Callable | None = None,
+    initargs: tuple = (),
+) -> Iterator:
+    """Yield fn(item) for each item, in input order; a WorkFailure where the worker hung or died.
+
+    `fn` and the items must pickle; expected per-item failures are `fn`'s own business (it
+    returns them), so anything `fn` raises is a bug and is raised here.
+    """
+    items = list(items)
+    window = max(2, 2 * workers)
+    grace = timeout + 10  # the alarm fires first; this catches what it cannot
+    results: dict[int, object] = {}
+    inflight: dict = {}
+    next_submit = next_yield = 0
+    pool = _new_pool(workers, initializer, initargs)
+    try:
+        while next_yield < len(items):
+            while next_submit < len(items) and len(inflight) < window:
+                fut = pool.submit(_call_with_alarm, fn, items[next_submit], timeout)
+                inflight[fut] = next_submit
+                next_submit += 1
+            while next_yield in results:
+                yield results.pop(next_yield)
+                next_yield += 1
+            if not inflight:
+                continue
+            done, _ = wait(inflight, timeout=grace, return_when=FIRST_COMPLETED)
+            broken = not done
+            for fut in done:
+                try:
+                    results[inflight[fut]] = fut.result()
+                    del inflight[fut]
+                except BrokenProcessPool:
+                    broken = True
+            if broken:
+                _kill(pool)
+                for idx in sorted(inflight.values()):
+                    results[idx] = _run_alone(fn, items[idx], timeout, initializer, initargs)
+                inflight.clear()
+                pool = _new_pool(workers, initializer, initargs)
+            while next_yield in results:
+                yield results.pop(next_yield)
+                next_yield += 1
+    finally:
+        _kill(pool)

@@ -1,0 +1,268 @@
+"""Decode a video once with PyAV and hand back the frames a sampler chooses.
+
+The flow for frame samplers:
+1. demux the video packets (no decode): this finds truncation early and predicts the frame
+   list (packet count, presentation order by pts, key packets as "I");
+2. ask the sampler which frames it would take from that prediction, and decode the whole
+   stream once, keeping only those frames (no colour conversion of the others);
+3. ask the sampler again with the true frame list (true count, decoded pict_type); a chosen
+   frame the prediction missed (rare: open GOP, dropped frames) is found by one more decode.
+
+Frames are numbered in presentation order (the decoder's output order), timed from the
+first frame, and returned upright (display-matrix rotation applied) with the longest side
+at most `max_side`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+
+from vdp.errors import RecordError
+
+# AVPictureType as PyAV reports it (an int in PyAV 18).
+_PICT_TYPE = {1: "I", 2: "P", 3: "B", 4: "S", 5: "SI", 6: "SP", 7: "BI"}
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    index: int  # presentation order within the span, from 0
+    time: float  # seconds from the first frame of the video
+    type: str  # "I", "P", "B", ... as decoded ("I"/"P" guesses in a prediction)
+
+
+@dataclass
+class VideoMeta:
+    width: int  # upright (after rotation)
+    height: int
+    fps: float
+    duration: float
+    num_frames: int
+    codec: str
+    rotation: int  # degrees counter-clockwise applied to make frames upright
+
+
+@dataclass
+class DecodedFrames:
+    meta: VideoMeta
+    frames: list[FrameInfo]
+    chosen: list[int]
+    images: dict[int, np.ndarray] = field(default_factory=dict)  # index -> upright BGR
+    redecoded: bool = False  # the prediction missed and a second decode was needed
+
+
+Chooser = Callable[[list[FrameInfo]], list[int]]
+
+
+def open_video(source) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """Open a path or file-like object and return (container, first video stream)."""
+    try:
+        container = av.open(source, mode="r", metadata_errors="ignore")
+    except av.error.FFmpegError as e:
+        raise RecordError(f"not a video: {_short(e)}") from None
+    if not container.streams.video:
+        container.close()
+        raise RecordError("no video stream")
+    return container, container.streams.video[0]
+
+
+def _short(e: Exception) -> str:
+    return " ".join(str(e).split())[:200]
+
+
+def _span_bounds(stream, span: tuple[float, float] | None) -> tuple[float, float]:
+    if span is None:
+        return 0.0, float("inf")
+    start, end = span
+    return float(start or 0.0), float("inf") if end is None else float(end)
+
+
+def _origin(stream) -> int:
+    return stream.start_time if stream.start_time is not None else 0
+
+
+def read_packets(container, stream, span: tuple[float, float] | None) -> list:
+    """Demux the video packets that can contribute frames to the span, in decode order."""
+    tb = stream.time_base
+    origin = _origin(stream)
+    t0, t1 = _span_bounds(stream, span)
+    if t0 > 0:
+        container.seek(origin + int(t0 / tb), stream=stream, backward=True, any_frame=False)
+    packets = []
+    try:
+        for p in container.demux(stream):
+            if p.size == 0:
+                continue
+            # dts only grows and never exceeds pts, so past `t1` no later packet can show in the span.
+            if p.dts is not None and float((p.dts - origin) * tb) >= t1:
+                break
+            packets.append(p)
+    except av.error.FFmpegError as e:
+        raise RecordError(f"truncated or corrupt: {_short(e)}") from None
+    return packets
+
+
+def predict_frames(packets, stream, span) -> list[FrameInfo]:
+    """The frame list the packets suggest, before decoding anything."""
+    tb = stream.time_base
+    origin = _origin(stream)
+    t0, t1 = _span_bounds(stream, span)
+    if any(p.pts is None for p in packets):
+        return [FrameInfo(i, 0.0, "I" if p.is_keyframe else "P") for i, p in enumerate(packets)]
+    shown = sorted(packets, key=lambda p: p.pts)
+    out = []
+    for p in shown:
+        t = float((p.pts - origin) * tb)
+        if t0 - 1e-6 <= t < t1:
+            out.append(FrameInfo(len(out), round(t, 6), "I" if p.is_keyframe else "P"))
+    return out
+
+
+def _configure_decoder(stream, threads: int) -> None:
+    cc = stream.codec_context
+    if threads != 1:
+        cc.thread_type = "AUTO"
+        cc.thread_count = threads
+
+
+def _decode_span(stream, packets, span, keep: set[int], threads: int):
+    """Decode every packet once; return (frames, kept av.VideoFrame by index, rotation)."""
+    tb = stream.time_base
+    origin = _origin(stream)
+    t0, t1 = _span_bounds(stream, span)
+    frames: list[FrameInfo] = []
+    kept: dict[int, av.VideoFrame] = {}
+    rotation = 0
+    errors = 0
+
+    def take(frame):
+        nonlocal rotation
+        pts = frame.pts
+        t = float((pts - origin) * tb) if pts is not None else len(frames) / _fps(stream)
+        if not (t0 - 1e-6 <= t < t1):
+            return
+        idx = len(frames)
+        frames.append(FrameInfo(idx, round(t, 6), _PICT_TYPE.get(int(frame.pict_type), "?")))
+        if idx == 0:
+            rotation = int(round(frame.rotation or 0))
+        if idx in keep:
+            kept[idx] = frame
+
+    for p in packets:
+        try:
+            for frame in stream.decode(p):
+                take(frame)
+        except av.error.FFmpegError:
+            errors += 1  # a damaged packet: the decoder conceals and goes on, so do we
+    try:
+        for frame in stream.decode(None):
+            take(frame)
+    except av.error.FFmpegError:
+        errors += 1
+    return frames, kept, rotation
+
+
+def _fps(stream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 25.0  # no rate in the header: the common default
+
+
+def _redecode(container, stream, span, want: set[int], threads: int) -> dict[int, av.VideoFrame]:
+    """Second decode from the start, keeping the frames the first pass did not keep."""
+    container.seek(0, stream=stream, backward=True)
+    stream.codec_context.flush_buffers()
+    packets = read_packets(container, stream, span)
+    _, kept, _ = _decode_span(stream, packets, span, want, threads)
+    return kept
+
+
+def upright_bgr(frame: av.VideoFrame, rotation: int, max_side: int) -> np.ndarray:
+    """Convert one frame to an upright BGR array with its longest side at most max_side.
+
+    Scaling happens in the same swscale pass as the colour conversion.
+    """
+    w, h = frame.width, frame.height
+    scale = min(1.0, max_side / max(w, h)) if max_side else 1.0
+    tw, th = max(1, round(w * scale)), max(1, round(h * scale))
+    img = frame.reformat(width=tw, height=th, format="bgr24", interpolation="AREA").to_ndarray()
+    k = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(img, k)) if k else img
+
+
+def _meta(container, stream, frames: list[FrameInfo], rotation: int) -> VideoMeta:
+    cc = stream.codec_context
+    w, h = cc.width, cc.height
+    if (rotation // 90) % 2:
+        w, h = h, w
+    fps = _fps(stream)
+    if len(frames) >= 2:
+        duration = frames[-1].time - frames[0].time + 1.0 / fps
+    else:
+        duration = len(frames) / fps
+    return VideoMeta(w, h, round(fps, 6), round(duration, 6), len(frames), cc.name, (rotation // 90 % 4) * 90)
+
+
+def decode_chosen(
+    source,
+    choose: Chooser,
+    span: tuple[float, float] | None = None,
+    max_side: int = 1280,
+    threads: int = 0,
+) -> DecodedFrames:
+    """Decode a video once and return the frames `choose` picks from the true frame list."""
+    container, stream = open_video(source)
+    try:
+        _configure_decoder(stream, threads)
+        packets = read_packets(container, stream, span)
+        if not packets:
+            raise RecordError("empty: no video packets" + (" in span" if span else ""))
+        predicted = set(choose(predict_frames(packets, stream, span)))
+        frames, kept, rotation = _decode_span(stream, packets, span, predicted, threads)
+        if not frames:
+            raise RecordError("undecodable: no frame decoded" + (" in span" if span else ""))
+        chosen = list(choose(frames))
+        missing = set(chosen) - kept.keys()
+        if missing:
+            kept.update(_redecode(container, stream, span, missing, threads))
+            if set(chosen) - kept.keys():
+                raise RecordError("undecodable: frames differ between two decodes")
+        images = {i: upright_bgr(kept[i], rotation, max_side) for i in sorted(set(chosen))}
+        return DecodedFrames(_meta(container, stream, frames, rotation), frames, chosen, images, bool(missing))
+    finally:
+        container.close()
+
+
+def scan_video(data: bytes) -> VideoMeta:
+    """Check that bytes hold a video whose packets read to the end, without decoding."""
+    container, stream = open_video(io.BytesIO(data))
+    try:
+        packets = read_packets(container, stream, None)
+        if not packets:
+            raise RecordError("empty: no video packets")
+        if stream.duration:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration:
+            duration = container.duration / 1e6
+        else:
+            duration = len(packets) / _fps(stream)
+        rotation = _first_frame_rotation(stream, packets)
+        cc = stream.codec_context
+        w, h = (cc.height, cc.width) if (rotation // 90) % 2 else (cc.width, cc.height)
+        return VideoMeta(w, h, round(_fps(stream), 6), round(duration, 6), len(packets), cc.name, rotation)
+    finally:
+        container.close()
+
+
+def _first_frame_rotation(stream, packets) -> int:
+    """Rotation of the first decodable frame: decodes only up to that frame."""
+    try:
+        for p in packets:
+            for frame in stream.decode(p):
+                return (int(round(frame.rotation or 0)) // 90 % 4) * 90
+    except av.error.FFmpegError:
+        pass
+    return 0
