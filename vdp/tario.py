@@ -34,14 +34,26 @@ def tar_bytes(members: Iterable[Member]) -> bytes:
     return buf.getvalue()
 
 
-def write_bytes_atomically(path: str, data: bytes) -> None:
-    """Write `data` to `path` through a temp name in the same folder and a rename."""
+def _temp_path(path: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    return os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+
+
+def write_bytes_atomically(path: str, data: bytes) -> None:
+    """Write `data` to `path` through a temp name in the same folder and a rename."""
+    write_stream_atomically(path, lambda f: f.write(data))
+
+
+def write_stream_atomically(path: str, fill) -> None:
+    """Call `fill(file)` on a temp file beside `path`, then rename it to `path`.
+
+    If `fill` raises, the temp file is removed and `path` is untouched.
+    """
+    tmp = _temp_path(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -53,11 +65,17 @@ def write_bytes_atomically(path: str, data: bytes) -> None:
 def write_tar_atomically(path: str, members: Iterable[Member]) -> int:
     """Write a deterministic tar to `path`; it appears under that name only when complete.
 
+    `members` may be a generator: they are streamed to disk, never held together in memory.
     Returns the tar's size in bytes.
     """
-    data = tar_bytes(members)
-    write_bytes_atomically(path, data)
-    return len(data)
+
+    def fill(f) -> None:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name, data in members:
+                tar.addfile(_member_info(name, len(data)), io.BytesIO(data))
+
+    write_stream_atomically(path, fill)
+    return os.path.getsize(path)
 
 
 class TarReadError(Exception):

@@ -123,10 +123,11 @@ def predict_frames(packets, stream, span) -> list[FrameInfo]:
 
 
 def _configure_decoder(stream, threads: int) -> None:
+    """threads=1 (the default) decodes on one core: the pool's processes give the parallelism,
+    which scales better than frame threads on short clips; 0 lets FFmpeg use every core."""
     cc = stream.codec_context
-    if threads != 1:
-        cc.thread_type = "AUTO"
-        cc.thread_count = threads
+    cc.thread_count = threads
+    cc.thread_type = "AUTO" if threads != 1 else "SLICE"
 
 
 def _decode_span(stream, packets, span, keep: set[int], threads: int):
@@ -211,7 +212,7 @@ def decode_chosen(
     choose: Chooser,
     span: tuple[float, float] | None = None,
     max_side: int = 1280,
-    threads: int = 0,
+    threads: int = 1,
 ) -> DecodedFrames:
     """Decode a video once and return the frames `choose` picks from the true frame list."""
     container, stream = open_video(source)

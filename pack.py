@@ -1,0 +1,184 @@
+#!/usr/bin/env python
+"""Stage 1: pack dataset annotations + videos into webdataset tar shards.
+
+Each record (one annotation row / clip) becomes one sample keyed by its global index, or one
+line of OUT/errors-{machine_id}.jsonl saying why not. Tars are named
+shard-{machine_id}-{start}-{end}-{tar_id}.tar and appear only when complete; rerunning the
+same command skips finished tars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from loaders import LOADERS, BadRow  # noqa: E402
+from samplers import SAMPLERS, SamplerOptions  # noqa: E402
+from vdp.errors import EXIT_OK, EXIT_SOME_ERRORS, EXIT_USAGE, jsonl_bytes, reason_counts  # noqa: E402
+from vdp.plan import machine_range, plan_tars  # noqa: E402
+from vdp.pool import map_ordered  # noqa: E402
+from vdp.progress import Stopwatch, print_summary, progress_bar  # noqa: E402
+from vdp.stage1 import (  # noqa: E402
+    STATE_DIR,
+    PackOptions,
+    WorkItem,
+    finished_errors,
+    init_worker,
+    is_done,
+    pack_record,
+    write_planned_tars,
+)
+from vdp.tario import write_bytes_atomically  # noqa: E402
+
+EXAMPLES = """
+examples:
+  # 16 uniform frames per video, all records, 2 processes
+  python pack.py --dataset jsonl --manifest clips.jsonl --type un --save_path out/ --workers 2
+
+  # keyframes with timestamps, machine 3 of 8 (run the same command with 0..7 on 8 hosts)
+  python pack.py --dataset webvid --manifest results_2M_train.csv --video_root /data/webvid \\
+      --type kf --save_path out/ --machine_id 3 --total_machine 8
+
+  # whole videos, records 1000..1999 only
+  python pack.py --dataset jsonl --manifest clips.jsonl --type video-only --save_path out/ --start 1000 --end 2000
+
+exit status: 0 all records packed, 1 some records went to errors-{machine_id}.jsonl, 2 bad usage.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pack.py",
+        description="Pack videos and captions into webdataset tar shards (whole video, uniform frames or keyframes).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", default="jsonl", choices=sorted(LOADERS), help="annotation format (default: jsonl)")
+    p.add_argument("--manifest", required=True, help="annotation file (jsonl, csv or json, per --dataset)")
+    p.add_argument("--type", required=True, choices=["video-only", *sorted(SAMPLERS)], help="what a sample holds")
+    p.add_argument("--save_path", required=True, help="output folder for the tars")
+    p.add_argument("--video_root", default=None, help="folder relative video paths are under (default: the manifest's folder)")
+    p.add_argument("--machine_id", type=int, default=0)
+    p.add_argument("--total_machine", type=int, default=1)
+    p.add_argument("--start", type=int, default=None, help="first record index (overrides the machine split)")
+    p.add_argument("--end", type=int, default=None, help="record index to stop before")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    p.add_argument("--samples_per_tar", type=int, default=500)
+    p.add_argument("--num_frames", type=int, default=16, help="un: frames per video")
+    p.add_argument("--kf_iframes", type=int, default=8, help="kf: I frames at most (the last frame counts)")
+    p.add_argument("--kf_total", type=int, default=24, help="kf: frames in all")
+    p.add_argument("--time_scale", type=int, default=100, help="kf: timestamps in the prompt run 0..time_scale")
+    p.add_argument("--max_side", type=int, default=1280, help="longest side of a frame JPEG, aspect kept")
+    p.add_argument("--jpeg_quality", type=int, default=95)
+    p.add_argument("--backend", default="av", choices=["av"], help="decoder (PyAV)")
+    p.add_argument("--decode_threads", type=int, default=1, help="decoder threads per worker (0: FFmpeg's choice)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds one video may take before it goes to errors")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    if a.total_machine < 1 or not 0 <= a.machine_id < a.total_machine:
+        p.error(f"--machine_id must be in 0..{a.total_machine - 1} (got {a.machine_id})")
+    for flag in ("workers", "samples_per_tar", "num_frames", "kf_iframes", "kf_total", "max_side"):
+        if getattr(a, flag) < 1:
+            p.error(f"--{flag} must be at least 1")
+    if a.kf_total < a.kf_iframes:
+        p.error("--kf_total must be at least --kf_iframes")
+    if not 1 <= a.jpeg_quality <= 100:
+        p.error("--jpeg_quality must be in 1..100")
+    if not os.path.isfile(a.manifest):
+        p.error(f"manifest not found: {a.manifest}")
+    if a.video_root is not None and not os.path.isdir(a.video_root):
+        p.error(f"--video_root is not a folder: {a.video_root}")
+
+
+def resolve(path: str, video_root: str | None, manifest: str) -> str:
+    if os.path.isabs(path):
+        return path
+    return os.path.join(video_root if video_root else os.path.dirname(os.path.abspath(manifest)), path)
+
+
+def check_same_flags(save_path: str, machine_id: int, flags: dict) -> str:
+    """A rerun into the same folder must use the same flags, or resumed tars would mix outputs."""
+    path = os.path.join(save_path, STATE_DIR, f"flags-{machine_id}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)
+        if before != flags:
+            diff = sorted(k for k in set(before) | set(flags) if before.get(k) != flags.get(k))
+            return f"{save_path} holds machine {machine_id}'s output of a run with other flags ({', '.join(diff)}): use a new --save_path or delete it"
+    else:
+        write_bytes_atomically(path, json.dumps(flags, sort_keys=True).encode())
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    clock = Stopwatch()
+
+    entries = list(LOADERS[args.dataset](args.manifest))
+    lo, hi = machine_range(len(entries), args.machine_id, args.total_machine, args.start, args.end)
+    plans = plan_tars(lo, hi, args.samples_per_tar, args.machine_id)
+    options = PackOptions(
+        type=args.type,
+        sampler=SamplerOptions(args.num_frames, args.kf_iframes, args.kf_total, args.time_scale),
+        max_side=args.max_side,
+        jpeg_quality=args.jpeg_quality,
+        decode_threads=args.decode_threads,
+    )
+    flags = {
+        "dataset": args.dataset,
+        "manifest": os.path.abspath(args.manifest),
+        "video_root": args.video_root and os.path.abspath(args.video_root),
+        "range": [lo, hi],
+        "samples_per_tar": args.samples_per_tar,
+        "options": json.loads(json.dumps(options, default=lambda o: o.__dict__)),
+    }
+    problem = check_same_flags(args.save_path, args.machine_id, flags)
+    if problem:
+        print(f"pack.py: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+
+    todo = [p for p in plans if not is_done(args.save_path, p)]
+    items = [
+        WorkItem(i, entries[i], "" if isinstance(entries[i], BadRow) else resolve(entries[i].video_path, args.video_root, args.manifest))
+        for p in todo
+        for i in range(p.start, p.end)
+    ]
+    bar = progress_bar(len(items), "video", f"pack {args.type}") if not args.no_progress else None
+    results = map_ordered(pack_record, items, args.workers, args.timeout, init_worker, (options,))
+    written = list(write_planned_tars(args.save_path, todo, items, results, (lambda ok: bar.update(1)) if bar else None))
+    if bar:
+        bar.close()
+
+    errors = [e for p in plans for e in finished_errors(args.save_path, p)]
+    errors_path = os.path.join(args.save_path, f"errors-{args.machine_id}.jsonl")
+    write_bytes_atomically(errors_path, jsonl_bytes(errors))
+    seconds = clock.seconds
+    done_now = len(items)
+    print_summary(
+        "pack",
+        {
+            "records": hi - lo,
+            "packed": (hi - lo) - len(errors),
+            "errors": len(errors),
+            "tars_written": len(written),
+            "tars_resumed": len(plans) - len(todo),
+            "seconds": seconds,
+            "videos_per_s": done_now / seconds if seconds > 0 else 0.0,
+        },
+        reason_counts(errors),
+    )
+    print(f"shards: {os.path.abspath(args.save_path)}  errors: {errors_path}", flush=True)
+    return EXIT_SOME_ERRORS if errors else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
