@@ -18,13 +18,17 @@ BITS = 10
 CELLS = BITS + 2
 
 
-def paint_frame(number: int, width: int, height: int) -> np.ndarray:
-    """An upright RGB image carrying `number` in its top band, with moving texture below."""
+def paint_frame(number: int, width: int, height: int, scene: int = 0) -> np.ndarray:
+    """An upright RGB image carrying `number` in its top band, with moving texture below.
+
+    Each `scene` has its own texture, so a change of scene is a cut an encoder notices.
+    """
     img = np.empty((height, width, 3), np.uint8)
     yy, xx = np.mgrid[0:height, 0:width]
-    img[..., 0] = (xx * 3 + number * 7) % 256
-    img[..., 1] = (yy * 2 + number * 5) % 256
-    img[..., 2] = ((xx + yy) // 4 + number * 3) % 256
+    a, b = 3 + 5 * scene, 2 + 7 * scene
+    img[..., 0] = (xx * a + number * 7 + scene * 90) % 256
+    img[..., 1] = (yy * b + number * 5 + scene * 50) % 256
+    img[..., 2] = ((xx * (scene + 1) + yy) // 4 + number * 3 + scene * 170) % 256
     band = max(8, height // 6)
     cell = width / CELLS
     bits = [1] + [(number >> (BITS - 1 - i)) & 1 for i in range(BITS)] + [0]
@@ -62,7 +66,7 @@ class VideoSpec:
     rotation: int = 0  # display-matrix rotation, degrees counter-clockwise
     vfr: bool = False  # irregular frame durations
     audio: bool = False
-    unflag_keyframes: tuple[int, ...] = ()  # frame numbers whose I packet loses its key flag
+    scene_cuts: tuple[int, ...] = ()  # frames where the picture changes completely
 
 
 def make_video(path: str, spec: VideoSpec | None = None) -> str:
@@ -77,6 +81,10 @@ def make_video(path: str, spec: VideoSpec | None = None) -> str:
         options = {"g": str(spec.gop)}
         if spec.codec in ("libx264", "libx265"):
             options["bf"] = str(spec.bframes)
+        if spec.codec == "libx264" and spec.scene_cuts:
+            # min-keyint = keyint: a cut inside the GOP becomes an I frame that is not IDR,
+            # so its packet carries no key flag (the open-GOP trap).
+            options["x264-params"] = f"keyint={spec.gop}:min-keyint={spec.gop}:scenecut=40"
         if spec.codec == "libx265":
             options["x265-params"] = f"log-level=error:keyint={spec.gop}:bframes={spec.bframes}"
         if spec.codec == "libvpx-vp9":
@@ -89,15 +97,15 @@ def make_video(path: str, spec: VideoSpec | None = None) -> str:
         audio = out.add_stream("aac", rate=16000) if spec.audio else None
         pts = 0
         audio_pts = 0
-        frame_pts: list[int] = []
         for n in range(spec.num_frames):
-            upright = paint_frame(n, spec.width, spec.height)
+            scene = sum(1 for cut in spec.scene_cuts if n >= cut)
+            upright = paint_frame(n, spec.width, spec.height, scene)
             stored = np.ascontiguousarray(np.rot90(upright, -k)) if k else upright
             frame = av.VideoFrame.from_ndarray(stored, format="rgb24")
             frame.pts, frame.time_base = pts, codec_tb
-            frame_pts.append(pts)
             pts += (20 + 40 * ((n * 7) % 3)) if spec.vfr else 1
-            _mux(out, stream.encode(frame), spec, frame_pts)
+            for p in stream.encode(frame):
+                out.mux(p)
             if audio is not None:
                 while audio_pts < (n + 1) * 16000 // spec.fps:
                     samples = np.zeros((1, 1024), np.float32)
@@ -106,16 +114,10 @@ def make_video(path: str, spec: VideoSpec | None = None) -> str:
                     audio_pts += 1024
                     for p in audio.encode(af):
                         out.mux(p)
-        _mux(out, stream.encode(None), spec, frame_pts)
+        for p in stream.encode(None):
+            out.mux(p)
         if audio is not None:
             for p in audio.encode(None):
                 out.mux(p)
     return path
 
-
-def _mux(out, packets, spec: VideoSpec, frame_pts: list[int]) -> None:
-    for p in packets:
-        # packets still carry the encoder's time base here, so pts matches `frame_pts`
-        if p.is_keyframe and p.pts in frame_pts and frame_pts.index(p.pts) in spec.unflag_keyframes:
-            p.is_keyframe = False
-        out.mux(p)

@@ -103,7 +103,49 @@ def read_packets(container, stream, span: tuple[float, float] | None) -> list:
             packets.append(p)
     except av.error.FFmpegError as e:
         raise RecordError(f"truncated or corrupt: {_short(e)}") from None
+    if span is None:
+        _check_complete(container, stream, packets)
     return packets
+
+
+def _check_complete(container, stream, packets) -> None:
+    """Raise when the packets stop short of what the header promises (a cut-off download).
+
+    The demuxer reads a truncated file to its end without complaint, so compare with the
+    header: in MP4/MOV the sample table counts every packet exactly; elsewhere only the
+    declared duration is there, and a shortfall must be large to count (audio may outlast
+    video).
+    """
+    fmt = container.format.name
+    if ("mp4" in fmt or "mov" in fmt) and stream.frames and len(packets) < stream.frames:
+        raise RecordError(f"truncated: {len(packets)} of {stream.frames} video packets present")
+    if not packets or packets[-1].pts is None:
+        return
+    # Matroska muxers tag each track with its own DURATION: then a short video track is sure.
+    own = _tag_seconds(stream.metadata.get("DURATION") or stream.metadata.get("duration"))
+    if own is None and stream.duration:
+        own = float(stream.duration * stream.time_base)
+    declared = own if own is not None else (container.duration or 0) / 1e6
+    slack = 2.5 / _fps(stream) + 0.05 if own is not None else max(1.0, 0.1 * declared)
+    last = packets[-16:]
+    end = max(float((p.pts - _origin(stream) + (p.duration or 0)) * stream.time_base) for p in last)
+    if declared and declared - end > slack:
+        raise RecordError(f"truncated: video ends at {end:.2f}s of {declared:.2f}s declared")
+
+
+def _tag_seconds(value) -> float | None:
+    try:
+        return parse_clock(value) if value else None
+    except ValueError:
+        return None
+
+
+def parse_clock(value: str) -> float:
+    """Seconds from "HH:MM:SS.fff" (or fewer fields)."""
+    seconds = 0.0
+    for part in str(value).strip().split(":"):
+        seconds = seconds * 60 + float(part)
+    return seconds
 
 
 def predict_frames(packets, stream, span) -> list[FrameInfo]:

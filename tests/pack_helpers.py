@@ -1,0 +1,69 @@
+"""Shared helpers for the stage-1 tests: encoded test videos, manifests, reading shards back."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import cv2
+import numpy as np
+import webdataset as wds
+
+from vdp.synth import VideoSpec, make_video, read_frame_number
+
+# name -> spec: each one a trap from shared/notes/video-decoding.md
+VIDEO_SPECS = {
+    "h264_bframes.mp4": VideoSpec(num_frames=60, bframes=3, gop=15),
+    "hevc.mp4": VideoSpec(num_frames=50, codec="libx265", bframes=2, gop=10),
+    "vp9.webm": VideoSpec(num_frames=45, codec="libvpx-vp9", gop=10),
+    "rot90.mp4": VideoSpec(num_frames=40, rotation=90),
+    "rot270.mkv": VideoSpec(num_frames=40, rotation=270),
+    "vfr_audio.mp4": VideoSpec(num_frames=50, vfr=True, audio=True),
+    "mpeg4.avi": VideoSpec(num_frames=40, codec="mpeg4", gop=8),
+    "iframe_no_key_flag.mp4": VideoSpec(num_frames=48, gop=48, scene_cuts=(12, 24, 36)),
+    "tiny.mp4": VideoSpec(num_frames=5, gop=5),
+}
+
+
+def make_videos(folder: str) -> dict[str, str]:
+    return {name: make_video(os.path.join(folder, name), spec) for name, spec in VIDEO_SPECS.items()}
+
+
+def write_manifest(path: str, rows: list) -> str:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return path
+
+
+def read_samples(folder: str) -> dict[str, dict]:
+    """Every sample of every tar in `folder`, read with stock webdataset, by key."""
+    urls = sorted(glob.glob(os.path.join(folder, "*.tar")))
+    out = {}
+    for url in urls:
+        for sample in wds.WebDataset(url, shardshuffle=False, empty_check=False):
+            assert sample["__key__"] not in out, "duplicate key"
+            out[sample["__key__"]] = sample
+    return out
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None, "not a JPEG"
+    return img
+
+
+def frame_numbers(sample: dict) -> list[int | None]:
+    """The frame numbers painted into a sample's JPEGs, in the order of its `image` list."""
+    meta = json.loads(sample["json"])
+    return [read_frame_number(decode_jpeg(sample[f"{name}.jpg"])) for name in meta["image"]]
+
+
+def tree_bytes(folder: str) -> dict[str, bytes]:
+    out = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*"))):
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                out[os.path.basename(path)] = f.read()
+    return out
