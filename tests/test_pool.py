@@ -1,0 +1,44 @@
+"""The worker pool: results in input order, a hang or a crash costs one item, not the run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from vdp.pool import WorkFailure, map_ordered
+
+
+def square_slowly(x: int) -> int:
+    time.sleep(0.01 * (x % 3))
+    return x * x
+
+
+def hang_on_three(x: int) -> int:
+    if x == 3:
+        time.sleep(60)
+    return x
+
+
+def crash_on_two(x: int) -> int:
+    if x == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a native crash would
+    return x
+
+
+def test_results_come_in_input_order():
+    assert list(map_ordered(square_slowly, range(20), workers=2)) == [x * x for x in range(20)]
+
+
+def test_a_hung_item_times_out_and_the_rest_go_through():
+    start = time.time()
+    out = list(map_ordered(hang_on_three, range(6), workers=2, timeout=1))
+    assert time.time() - start < 20
+    assert out[:3] == [0, 1, 2] and out[4:] == [4, 5]
+    assert isinstance(out[3], WorkFailure) and out[3].reason.startswith("timeout")
+
+
+def test_a_crashing_item_fails_alone():
+    out = list(map_ordered(crash_on_two, range(8), workers=2, timeout=5))
+    assert [x for i, x in enumerate(out) if i != 2] == [0, 1, 3, 4, 5, 6, 7]
+    assert isinstance(out[2], WorkFailure) and out[2].reason.startswith("crash")
