@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time_scale", type=int, default=100, help="kf: timestamps in the prompt run 0..time_scale")
     p.add_argument("--max_side", type=int, default=1280, help="longest side of a frame JPEG, aspect kept")
     p.add_argument("--jpeg_quality", type=int, default=95)
-    p.add_argument("--backend", default="av", choices=["av"], help="decoder (PyAV)")
+    p.add_argument("--backend", default="av", choices=["av", "decord"], help="decoder: PyAV (default) or decord (un only)")
     p.add_argument("--decode_threads", type=int, default=1, help="decoder threads per worker (0: FFmpeg's choice)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds one video may take before it goes to errors")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -89,6 +89,8 @@ def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             p.error(f"--{flag} must be at least 1")
     if a.kf_total < a.kf_iframes:
         p.error("--kf_total must be at least --kf_iframes")
+    if a.backend == "decord" and a.type != "un":
+        p.error("--backend decord works with --type un only (kf needs every frame's picture type)")
     if not 1 <= a.jpeg_quality <= 100:
         p.error("--jpeg_quality must be in 1..100")
     if not os.path.isfile(a.manifest):
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         max_side=args.max_side,
         jpeg_quality=args.jpeg_quality,
         decode_threads=args.decode_threads,
+        backend=args.backend,
     )
     flags = {
         "dataset": args.dataset,

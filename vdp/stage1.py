@@ -17,6 +17,7 @@ import cv2
 
 from loaders import BadRow, Record
 from samplers import SAMPLERS, SamplerOptions
+from vdp.decord_backend import decode_chosen_decord
 from vdp.errors import RecordError, error_entry, jsonl_bytes, read_jsonl
 from vdp.plan import TarPlan, sample_key
 from vdp.pool import WorkFailure
@@ -33,6 +34,7 @@ class PackOptions:
     max_side: int = 1280
     jpeg_quality: int = 95
     decode_threads: int = 1
+    backend: str = "av"  # "decord" only for un
 
 
 @dataclass(frozen=True)
@@ -119,13 +121,11 @@ def _build_sample(item: WorkItem, options: PackOptions) -> list[tuple[str, bytes
 
     sampler = SAMPLERS[options.type]
     span = (record.start or 0.0, record.end) if (record.start is not None or record.end is not None) else None
-    decoded = decode_chosen(
-        item.path,
-        lambda frames: sampler.choose(frames, options.sampler),
-        span=span,
-        max_side=options.max_side,
-        threads=options.decode_threads,
-    )
+    choose = lambda frames: sampler.choose(frames, options.sampler)  # noqa: E731
+    if options.backend == "decord":
+        decoded = decode_chosen_decord(item.path, choose, span=span, max_side=options.max_side)
+    else:
+        decoded = decode_chosen(item.path, choose, span=span, max_side=options.max_side, threads=options.decode_threads)
     chosen = [decoded.frames[i] for i in decoded.chosen]
     names = [str(n) for n in range(len(chosen))]
     doc = _base_json(record, decoded.meta)

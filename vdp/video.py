@@ -292,7 +292,7 @@ def scan_video(data: bytes) -> VideoMeta:
             duration = container.duration / 1e6
         else:
             duration = len(packets) / _fps(stream)
-        rotation = _first_frame_rotation(stream, packets)
+        rotation = first_frame_rotation(stream, packets)
         cc = stream.codec_context
         w, h = (cc.height, cc.width) if (rotation // 90) % 2 else (cc.width, cc.height)
         return VideoMeta(w, h, round(_fps(stream), 6), round(duration, 6), len(packets), cc.name, rotation)
@@ -300,7 +300,7 @@ def scan_video(data: bytes) -> VideoMeta:
         container.close()
 
 
-def _first_frame_rotation(stream, packets) -> int:
+def first_frame_rotation(stream, packets) -> int:
     """Rotation of the first decodable frame: decodes only up to that frame."""
     try:
         for p in packets:
