@@ -379,3 +379,16 @@ def test_bad_usage_exits_2_with_one_line(args, message, tmp_path):
 def test_help_shows_examples():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "pack.py"), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "examples:" in proc.stdout and "--kf_total" in proc.stdout
+
+
+def test_long_videos_are_demuxed_twice_instead_of_held(videos, monkeypatch):
+    """Over the packet memory budget the decoder streams a second demux: same frames."""
+    import vdp.video
+
+    path = videos["h264_bframes.mp4"]
+    opts = SamplerOptions(kf_iframes=3, kf_total=9)
+    held = decode_chosen(path, lambda frames: choose_keyframes(frames, opts))
+    monkeypatch.setattr(vdp.video, "PACKET_MEMORY_BUDGET", 1)
+    streamed = decode_chosen(path, lambda frames: choose_keyframes(frames, opts))
+    assert streamed.frames == held.frames and streamed.chosen == held.chosen
+    assert all((streamed.images[i] == held.images[i]).all() for i in held.chosen)

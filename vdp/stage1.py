@@ -92,7 +92,7 @@ def _check_file(path: str) -> None:
 def _base_json(record: Record, meta) -> dict:
     doc = {
         "caption": record.caption,
-        "video_id": record.video_id,
+        "video_id": record.video_id or os.path.splitext(os.path.basename(record.video_path))[0],
         "source": record.video_path,
         "width": meta.width,
         "height": meta.height,

@@ -85,14 +85,32 @@ def _origin(stream) -> int:
     return stream.start_time if stream.start_time is not None else 0
 
 
-def read_packets(container, stream, span: tuple[float, float] | None) -> list:
-    """Demux the video packets that can contribute frames to the span, in decode order."""
+# Packets of one video held in memory at most; a longer video is demuxed a second time for
+# decoding rather than held (an hour of 1080p is gigabytes).
+PACKET_MEMORY_BUDGET = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PacketInfo:
+    pts: int | None
+    dts: int | None
+    duration: int
+    is_keyframe: bool
+
+
+@dataclass
+class PacketScan:
+    infos: list[PacketInfo]  # every packet of the span, decode order
+    packets: list | None  # the packets themselves, or None when over the memory budget
+
+
+def _span_packets(container, stream, span):
+    """Yield the video packets that can contribute frames to the span, in decode order."""
     tb = stream.time_base
     origin = _origin(stream)
     t0, t1 = _span_bounds(stream, span)
     if t0 > 0:
         container.seek(origin + int(t0 / tb), stream=stream, backward=True, any_frame=False)
-    packets = []
     try:
         for p in container.demux(stream):
             if p.size == 0:
@@ -100,15 +118,35 @@ def read_packets(container, stream, span: tuple[float, float] | None) -> list:
             # dts only grows and never exceeds pts, so past `t1` no later packet can show in the span.
             if p.dts is not None and float((p.dts - origin) * tb) >= t1:
                 break
-            packets.append(p)
+            yield p
     except av.error.FFmpegError as e:
         raise RecordError(f"truncated or corrupt: {_short(e)}") from None
+
+
+def read_packets(container, stream, span: tuple[float, float] | None) -> PacketScan:
+    """Demux the span once: packet facts always, packet data while within the memory budget."""
+    infos, packets, held = [], [], 0
+    for p in _span_packets(container, stream, span):
+        infos.append(PacketInfo(p.pts, p.dts, p.duration or 0, p.is_keyframe))
+        if packets is not None:
+            held += p.size
+            packets.append(p)
+            if held > PACKET_MEMORY_BUDGET:
+                packets = None
     if span is None:
-        _check_complete(container, stream, packets)
-    return packets
+        _check_complete(container, stream, infos)
+    return PacketScan(infos, packets)
 
 
-def _check_complete(container, stream, packets) -> None:
+def _packets_again(container, stream, span, scan: PacketScan):
+    """The span's packets for decoding: from memory, or demuxed once more."""
+    if scan.packets is not None:
+        return scan.packets
+    container.seek(0, stream=stream, backward=True)
+    return _span_packets(container, stream, span)
+
+
+def _check_complete(container, stream, packets: list[PacketInfo]) -> None:
     """Raise when the packets stop short of what the header promises (a cut-off download).
 
     The demuxer reads a truncated file to its end without complaint, so compare with the
@@ -148,7 +186,7 @@ def parse_clock(value: str) -> float:
     return seconds
 
 
-def predict_frames(packets, stream, span) -> list[FrameInfo]:
+def predict_frames(packets: list[PacketInfo], stream, span) -> list[FrameInfo]:
     """The frame list the packets suggest, before decoding anything."""
     tb = stream.time_base
     origin = _origin(stream)
@@ -218,8 +256,7 @@ def _redecode(container, stream, span, want: set[int], threads: int) -> dict[int
     """Second decode from the start, keeping the frames the first pass did not keep."""
     container.seek(0, stream=stream, backward=True)
     stream.codec_context.flush_buffers()
-    packets = read_packets(container, stream, span)
-    _, kept, _ = _decode_span(stream, packets, span, want, threads)
+    _, kept, _ = _decode_span(stream, _span_packets(container, stream, span), span, want, threads)
     return kept
 
 
@@ -260,10 +297,11 @@ def decode_chosen(
     container, stream = open_video(source)
     try:
         _configure_decoder(stream, threads)
-        packets = read_packets(container, stream, span)
-        if not packets:
+        scan = read_packets(container, stream, span)
+        if not scan.infos:
             raise RecordError("empty: no video packets" + (" in span" if span else ""))
-        predicted = set(choose(predict_frames(packets, stream, span)))
+        predicted = set(choose(predict_frames(scan.infos, stream, span)))
+        packets = _packets_again(container, stream, span, scan)
         frames, kept, rotation = _decode_span(stream, packets, span, predicted, threads)
         if not frames:
             raise RecordError("undecodable: no frame decoded" + (" in span" if span else ""))
@@ -283,19 +321,19 @@ def scan_video(data: bytes) -> VideoMeta:
     """Check that bytes hold a video whose packets read to the end, without decoding."""
     container, stream = open_video(io.BytesIO(data))
     try:
-        packets = read_packets(container, stream, None)
-        if not packets:
+        scan = read_packets(container, stream, None)
+        if not scan.infos:
             raise RecordError("empty: no video packets")
         if stream.duration:
             duration = float(stream.duration * stream.time_base)
         elif container.duration:
             duration = container.duration / 1e6
         else:
-            duration = len(packets) / _fps(stream)
-        rotation = first_frame_rotation(stream, packets)
+            duration = len(scan.infos) / _fps(stream)
+        rotation = first_frame_rotation(stream, _packets_again(container, stream, None, scan))
         cc = stream.codec_context
         w, h = (cc.height, cc.width) if (rotation // 90) % 2 else (cc.width, cc.height)
-        return VideoMeta(w, h, round(_fps(stream), 6), round(duration, 6), len(packets), cc.name, rotation)
+        return VideoMeta(w, h, round(_fps(stream), 6), round(duration, 6), len(scan.infos), cc.name, rotation)
     finally:
         container.close()
 
