@@ -34,13 +34,16 @@ class SamplerOptions:
 class Sampler:
     choose: Callable[[list[FrameInfo], SamplerOptions], list[int]]
     prompt: Callable[[list[FrameInfo], int, SamplerOptions], str]
+    # False when `choose` looks only at the frame count and times: then the decoder takes the
+    # frame list from the packets and decodes only what the chosen frames depend on.
+    needs_types: bool = True
 
 
 SAMPLERS: dict[str, Sampler] = {}
 
 
-def register(name: str, choose, prompt) -> None:
-    SAMPLERS[name] = Sampler(choose, prompt)
+def register(name: str, choose, prompt, needs_types: bool = True) -> None:
+    SAMPLERS[name] = Sampler(choose, prompt, needs_types)
 
 
 def spread(items: list[int], k: int) -> list[int]:
@@ -93,5 +96,5 @@ def prompt_keyframes(chosen: list[FrameInfo], num_frames: int, opts: SamplerOpti
     )
 
 
-register("un", choose_uniform, prompt_uniform)
+register("un", choose_uniform, prompt_uniform, needs_types=False)
 register("kf", choose_keyframes, prompt_keyframes)

@@ -11,7 +11,7 @@ import av
 import pytest
 
 import pack
-from samplers import SamplerOptions, choose_keyframes
+from samplers import SamplerOptions, choose_keyframes, choose_uniform
 from tests.pack_helpers import (
     VIDEO_SPECS,
     decode_jpeg,
@@ -392,3 +392,14 @@ def test_long_videos_are_demuxed_twice_instead_of_held(videos, monkeypatch):
     streamed = decode_chosen(path, lambda frames: choose_keyframes(frames, opts))
     assert streamed.frames == held.frames and streamed.chosen == held.chosen
     assert all((streamed.images[i] == held.images[i]).all() for i in held.chosen)
+
+
+@pytest.mark.parametrize("name", sorted(VIDEO_SPECS))
+def test_sparse_decode_for_un_equals_the_full_decode(videos, name):
+    """`un` decodes only the chosen frames' dependencies; it must give the full decode's pictures."""
+    opts = SamplerOptions(num_frames=7)
+    full = decode_chosen(videos[name], lambda frames: choose_uniform(frames, opts))
+    sparse = decode_chosen(videos[name], lambda frames: choose_uniform(frames, opts), needs_types=False)
+    assert sparse.chosen == full.chosen and sparse.meta == full.meta
+    assert all((sparse.images[i] == full.images[i]).all() for i in full.chosen)
+    assert [sparse.frames[i].type for i in sparse.chosen] == [full.frames[i].type for i in full.chosen]

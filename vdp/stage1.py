@@ -125,7 +125,9 @@ def _build_sample(item: WorkItem, options: PackOptions) -> list[tuple[str, bytes
     if options.backend == "decord":
         decoded = decode_chosen_decord(item.path, choose, span=span, max_side=options.max_side)
     else:
-        decoded = decode_chosen(item.path, choose, span=span, max_side=options.max_side, threads=options.decode_threads)
+        decoded = decode_chosen(
+            item.path, choose, span, options.max_side, options.decode_threads, needs_types=sampler.needs_types
+        )
     chosen = [decoded.frames[i] for i in decoded.chosen]
     names = [str(n) for n in range(len(chosen))]
     doc = _base_json(record, decoded.meta)

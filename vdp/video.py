@@ -15,6 +15,7 @@ at most `max_side`.
 
 from __future__ import annotations
 
+import bisect
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -286,20 +287,102 @@ def _meta(container, stream, frames: list[FrameInfo], rotation: int) -> VideoMet
     return VideoMeta(w, h, round(fps, 6), round(duration, 6), len(frames), cc.name, (rotation // 90 % 4) * 90)
 
 
+def _decode_sparse(container, stream, scan: PacketScan, span, choose: Chooser):
+    """Decode only what the chosen frames depend on; None when this shortcut does not apply.
+
+    For samplers that need no frame types (`un`), the packet scan already gives the frame
+    count and presentation order, so only each chosen frame's GOP up to that frame is decoded,
+    and within it the non-reference frames that were not chosen are skipped
+    (`skip_frame=NONREF`). Frames are matched by pts; if any chosen frame does not come out,
+    the caller falls back to the full decode.
+    """
+    infos = scan.infos
+    predicted = predict_frames(infos, stream, span)
+    if any(i.pts is None for i in infos) or len({i.pts for i in infos}) != len(infos):
+        return None
+    shown = sorted(i.pts for i in infos)
+    tb, origin = stream.time_base, _origin(stream)
+    t0, t1 = _span_bounds(stream, span)
+    shown = [pts for pts in shown if t0 - 1e-6 <= float((pts - origin) * tb) < t1]
+    chosen = list(choose(predicted))
+    want = {shown[i]: i for i in chosen}
+    keys = [j for j, i in enumerate(infos) if i.is_keyframe] or [0]
+    needed = [False] * len(infos)
+    for q, info in enumerate(infos):
+        if info.pts in want:
+            k = max(0, bisect.bisect_right(keys, q) - 1)
+            if info.pts < infos[keys[k]].pts and k > 0:
+                k -= 1  # a leading picture of an open GOP refers back into the previous GOP
+            for j in range(keys[k], q + 1):
+                needed[j] = True
+    packets = _packets_again(container, stream, span, scan)
+    cc = stream.codec_context
+    kept: dict[int, av.VideoFrame] = {}
+
+    def collect(frames):
+        for frame in frames:
+            if frame.pts in want:
+                kept[want[frame.pts]] = frame
+
+    in_segment = False
+    for j, p in enumerate(packets):
+        if not needed[j]:
+            if in_segment:  # drain the segment's reordered frames, then start clean at the next key
+                collect(_drain(stream))
+                cc.flush_buffers()
+                in_segment = False
+            continue
+        in_segment = True
+        cc.skip_frame = "DEFAULT" if infos[j].pts in want else "NONREF"
+        try:
+            collect(stream.decode(p))
+        except av.error.FFmpegError:
+            pass
+    cc.skip_frame = "DEFAULT"
+    collect(_drain(stream))
+    if set(chosen) - kept.keys():
+        return None
+    rotation = int(round(kept[chosen[0]].rotation or 0)) if chosen else 0
+    frames = [FrameInfo(f.index, f.time, _PICT_TYPE.get(int(kept[f.index].pict_type), "?")) if f.index in kept else f
+              for f in predicted]
+    return frames, chosen, kept, rotation
+
+
+def _drain(stream) -> list:
+    try:
+        return list(stream.decode(None))
+    except av.error.FFmpegError:
+        return []
+
+
 def decode_chosen(
     source,
     choose: Chooser,
     span: tuple[float, float] | None = None,
     max_side: int = 1280,
     threads: int = 1,
+    needs_types: bool = True,
 ) -> DecodedFrames:
-    """Decode a video once and return the frames `choose` picks from the true frame list."""
+    """Decode a video once and return the frames `choose` picks from the true frame list.
+
+    With `needs_types=False` (the sampler looks only at the frame count and times) the frame
+    list comes from the packet scan and only the chosen frames' dependencies are decoded.
+    """
     container, stream = open_video(source)
     try:
         _configure_decoder(stream, threads)
         scan = read_packets(container, stream, span)
         if not scan.infos:
             raise RecordError("empty: no video packets" + (" in span" if span else ""))
+        if not needs_types and threads == 1:
+            sparse = _decode_sparse(container, stream, scan, span, choose)
+            if sparse is not None:
+                frames, chosen, kept, rotation = sparse
+                images = {i: upright_bgr(kept[i], rotation, max_side) for i in sorted(set(chosen))}
+                return DecodedFrames(_meta(container, stream, frames, rotation), frames, chosen, images)
+            container.seek(0, stream=stream, backward=True)
+            stream.codec_context.flush_buffers()
+            scan = read_packets(container, stream, span)
         predicted = set(choose(predict_frames(scan.infos, stream, span)))
         packets = _packets_again(container, stream, span, scan)
         frames, kept, rotation = _decode_span(stream, packets, span, predicted, threads)
