@@ -78,6 +78,7 @@ class _FaultyProxyHandler(http.server.BaseHTTPRequestHandler):
     upstream: tuple[str, int]
     rng: random.Random
     failure_rate: float
+    strip_namespace: bool
     counts: dict
     lock: threading.Lock
 
@@ -111,11 +112,18 @@ class _FaultyProxyHandler(http.server.BaseHTTPRequestHandler):
         conn.request(self.command, self.path, body=body, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
+        if self.strip_namespace:
+            # OSS answers in S3's XML without the namespace; oss2's parser expects exactly that
+            data = data.replace(b' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"', b"")
+            if b"<ListBucketResult" in data:  # OSS lists each object's Type too
+                data = data.replace(b"</Key>", b"</Key><Type>Normal</Type>")
         self.send_response(resp.status, resp.reason)
         for k, v in resp.getheaders():
             if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                 self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
+        # a HEAD answer has no body but tells the object's length
+        length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+        self.send_header("Content-Length", length)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
@@ -125,15 +133,16 @@ class _FaultyProxyHandler(http.server.BaseHTTPRequestHandler):
 
 
 @contextmanager
-def faulty_proxy(endpoint: str, failure_rate: float = 0.2, seed: int = 0):
-    """An HTTP proxy to `endpoint` that answers 503 or drops the connection for a share of requests."""
+def faulty_proxy(endpoint: str, failure_rate: float = 0.2, seed: int = 0, strip_namespace: bool = False):
+    """An HTTP proxy to `endpoint` that answers 503 or drops the connection for a share of
+    requests; with `strip_namespace` it also speaks OSS's XML dialect (for oss2)."""
     host, port = endpoint.rsplit("//", 1)[1].split(":")
     counts = {"requests": 0, "503": 0, "dropped": 0}
     handler = type(
         "Handler",
         (_FaultyProxyHandler,),
         {"upstream": (host, int(port)), "rng": random.Random(seed), "failure_rate": failure_rate,
-         "counts": counts, "lock": threading.Lock()},
+         "strip_namespace": strip_namespace, "counts": counts, "lock": threading.Lock()},
     )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
