@@ -149,11 +149,12 @@ def test_kf_finds_i_frames_whose_packets_are_not_flagged_key(videos):
         keys = [p.is_keyframe for p in sorted((p for p in c.demux(video=0) if p.size), key=lambda p: p.pts)]
     assert not all(keys[i] for i in (12, 24, 36)), "the fixture should have I frames without a key flag"
     opts = SamplerOptions(kf_iframes=8, kf_total=12)
-    decoded = decode_chosen(path, lambda frames: choose_keyframes(frames, opts))
-    assert [f.index for f in decoded.frames if f.type == "I"] == [0, 12, 24, 36]
-    assert {0, 12, 24, 36, 47} <= set(decoded.chosen)
-    assert decoded.redecoded, "the packet flags mispredicted, so a second decode was needed"
-    assert [read_frame_number(decoded.images[i]) for i in decoded.chosen] == decoded.chosen
+    for threads in (1, 2):  # the intra-pass path and the decode-everything path
+        decoded = decode_chosen(path, lambda frames: choose_keyframes(frames, opts), threads=threads)
+        assert [f.index for f in decoded.frames if f.type == "I"] == [0, 12, 24, 36]
+        assert {0, 12, 24, 36, 47} <= set(decoded.chosen)
+        assert [read_frame_number(decoded.images[i]) for i in decoded.chosen] == decoded.chosen
+    assert decoded.redecoded, "decoding everything, the packet flags mispredict: a second decode finds the frames"
 
 
 def test_frames_come_out_upright_with_the_upright_size(packed_un):
@@ -395,11 +396,17 @@ def test_long_videos_are_demuxed_twice_instead_of_held(videos, monkeypatch):
 
 
 @pytest.mark.parametrize("name", sorted(VIDEO_SPECS))
-def test_sparse_decode_for_un_equals_the_full_decode(videos, name):
-    """`un` decodes only the chosen frames' dependencies; it must give the full decode's pictures."""
-    opts = SamplerOptions(num_frames=7)
-    full = decode_chosen(videos[name], lambda frames: choose_uniform(frames, opts))
-    sparse = decode_chosen(videos[name], lambda frames: choose_uniform(frames, opts), needs_types=False)
-    assert sparse.chosen == full.chosen and sparse.meta == full.meta
-    assert all((sparse.images[i] == full.images[i]).all() for i in full.chosen)
-    assert [sparse.frames[i].type for i in sparse.chosen] == [full.frames[i].type for i in full.chosen]
+@pytest.mark.parametrize("kind", ["un", "kf"])
+def test_selective_decode_equals_the_full_decode(videos, name, kind):
+    """The packet scan, intra-only pass and dependency-only decode must give exactly what
+    decoding every frame gives: the same frame list, types, choice and pictures."""
+    opts = SamplerOptions(num_frames=7, kf_iframes=4, kf_total=11)
+    choose = (lambda f: choose_uniform(f, opts)) if kind == "un" else (lambda f: choose_keyframes(f, opts))
+    full = decode_chosen(videos[name], choose, threads=2)  # more than one thread: the full decode
+    fast = decode_chosen(videos[name], choose, needs_types=kind == "kf")
+    assert fast.chosen == full.chosen and fast.meta == full.meta
+    assert all((fast.images[i] == full.images[i]).all() for i in full.chosen)
+    as_i_or_p = [("I" if f.type == "I" else "P") for f in full.frames]
+    if kind == "kf":
+        assert [f.type for f in fast.frames] == as_i_or_p
+    assert [("I" if fast.frames[i].type == "I" else "P") for i in fast.chosen] == [as_i_or_p[i] for i in full.chosen]

@@ -287,25 +287,61 @@ def _meta(container, stream, frames: list[FrameInfo], rotation: int) -> VideoMet
     return VideoMeta(w, h, round(fps, 6), round(duration, 6), len(frames), cc.name, (rotation // 90 % 4) * 90)
 
 
-def _decode_sparse(container, stream, scan: PacketScan, span, choose: Chooser):
-    """Decode only what the chosen frames depend on; None when this shortcut does not apply.
+# Decoded I frames kept from the intra pass at most (bytes of YUV 4:2:0); past it they are
+# decoded again when chosen.
+INTRA_MEMORY_BUDGET = 256 * 1024 * 1024
 
-    For samplers that need no frame types (`un`), the packet scan already gives the frame
-    count and presentation order, so only each chosen frame's GOP up to that frame is decoded,
-    and within it the non-reference frames that were not chosen are skipped
-    (`skip_frame=NONREF`). Frames are matched by pts; if any chosen frame does not come out,
-    the caller falls back to the full decode.
-    """
-    infos = scan.infos
-    predicted = predict_frames(infos, stream, span)
-    if any(i.pts is None for i in infos) or len({i.pts for i in infos}) != len(infos):
-        return None
-    shown = sorted(i.pts for i in infos)
+
+def _shown_pts(infos: list[PacketInfo], stream, span) -> list[int]:
     tb, origin = stream.time_base, _origin(stream)
     t0, t1 = _span_bounds(stream, span)
-    shown = [pts for pts in shown if t0 - 1e-6 <= float((pts - origin) * tb) < t1]
-    chosen = list(choose(predicted))
-    want = {shown[i]: i for i in chosen}
+    return [pts for pts in sorted(i.pts for i in infos) if t0 - 1e-6 <= float((pts - origin) * tb) < t1]
+
+
+def _intra_pass(stream, packets, index_of: dict[int, int]) -> tuple[set[int], dict[int, av.VideoFrame]]:
+    """Decode only the intra frames (`skip_frame=NONINTRA`): the exact set of I frames, cheaply.
+
+    An I frame needs no other frame, so skipping every P and B frame changes no picture; the
+    I frames themselves are kept (within INTRA_MEMORY_BUDGET) in case they are chosen.
+    """
+    cc = stream.codec_context
+    cc.skip_frame = "NONINTRA"
+    intra: set[int] = set()
+    kept: dict[int, av.VideoFrame] = {}
+    held = 0
+
+    def collect(frames) -> None:
+        nonlocal held, kept
+        for frame in frames:
+            n = index_of.get(frame.pts)
+            if n is None or int(frame.pict_type) != 1:
+                continue  # outside the span, or a decoder that ignored the skip request
+            intra.add(n)
+            if kept is not None:
+                kept[n] = frame
+                held += frame.width * frame.height * 3 // 2
+                if held > INTRA_MEMORY_BUDGET:
+                    kept = None
+
+    for p in packets:
+        try:
+            collect(stream.decode(p))
+        except av.error.FFmpegError:
+            pass
+    collect(_drain(stream))
+    cc.skip_frame = "DEFAULT"
+    cc.flush_buffers()
+    return intra, kept or {}
+
+
+def _decode_needed(stream, infos: list[PacketInfo], packets, want: dict[int, int]) -> dict[int, av.VideoFrame]:
+    """Decode only what the wanted frames (pts -> index) depend on, keeping those frames.
+
+    For each wanted frame, its GOP from the key packet up to the frame is fed to the decoder;
+    frames not wanted are decoded only if other frames may refer to them (`skip_frame=NONREF`
+    drops the rest). Segments that do not touch are decoded separately, the decoder drained
+    and reset in between.
+    """
     keys = [j for j, i in enumerate(infos) if i.is_keyframe] or [0]
     needed = [False] * len(infos)
     for q, info in enumerate(infos):
@@ -315,11 +351,10 @@ def _decode_sparse(container, stream, scan: PacketScan, span, choose: Chooser):
                 k -= 1  # a leading picture of an open GOP refers back into the previous GOP
             for j in range(keys[k], q + 1):
                 needed[j] = True
-    packets = _packets_again(container, stream, span, scan)
     cc = stream.codec_context
     kept: dict[int, av.VideoFrame] = {}
 
-    def collect(frames):
+    def collect(frames) -> None:
         for frame in frames:
             if frame.pts in want:
                 kept[want[frame.pts]] = frame
@@ -331,6 +366,8 @@ def _decode_sparse(container, stream, scan: PacketScan, span, choose: Chooser):
                 collect(_drain(stream))
                 cc.flush_buffers()
                 in_segment = False
+            if j > len(needed) or not any(needed[j:]):
+                break
             continue
         in_segment = True
         cc.skip_frame = "DEFAULT" if infos[j].pts in want else "NONREF"
@@ -340,11 +377,38 @@ def _decode_sparse(container, stream, scan: PacketScan, span, choose: Chooser):
             pass
     cc.skip_frame = "DEFAULT"
     collect(_drain(stream))
+    return kept
+
+
+def _decode_selective(container, stream, scan: PacketScan, span, choose: Chooser, needs_types: bool):
+    """Choose from the packet scan and decode only what the chosen frames need.
+
+    The packets give the frame count and presentation order. A sampler that needs frame types
+    gets them from an intra-only pass (the I frames are exactly the frames it outputs; every
+    other frame is reported as "P"). Then only the chosen frames' dependencies are decoded.
+    Returns None when this does not apply (no or repeated timestamps) or a chosen frame did
+    not come out; the caller then decodes everything.
+    """
+    infos = scan.infos
+    if any(i.pts is None for i in infos) or len({i.pts for i in infos}) != len(infos):
+        return None
+    shown = _shown_pts(infos, stream, span)
+    frames = predict_frames(infos, stream, span)
+    kept: dict[int, av.VideoFrame] = {}
+    if needs_types:
+        intra, kept = _intra_pass(stream, _packets_again(container, stream, span, scan), {p: n for n, p in enumerate(shown)})
+        frames = [FrameInfo(f.index, f.time, "I" if f.index in intra else "P") for f in frames]
+    chosen = list(choose(frames))
+    kept = {i: kept[i] for i in set(chosen) if i in kept}
+    want = {shown[i]: i for i in set(chosen) if i not in kept}
+    if want:
+        kept.update(_decode_needed(stream, infos, _packets_again(container, stream, span, scan), want))
     if set(chosen) - kept.keys():
         return None
+    if not needs_types:  # report the true type of the frames that were decoded
+        frames = [FrameInfo(f.index, f.time, _PICT_TYPE.get(int(kept[f.index].pict_type), "?")) if f.index in kept else f
+                  for f in frames]
     rotation = int(round(kept[chosen[0]].rotation or 0)) if chosen else 0
-    frames = [FrameInfo(f.index, f.time, _PICT_TYPE.get(int(kept[f.index].pict_type), "?")) if f.index in kept else f
-              for f in predicted]
     return frames, chosen, kept, rotation
 
 
@@ -363,10 +427,12 @@ def decode_chosen(
     threads: int = 1,
     needs_types: bool = True,
 ) -> DecodedFrames:
-    """Decode a video once and return the frames `choose` picks from the true frame list.
+    """Return the frames `choose` picks from the video's frame list, decoding as little as can be.
 
-    With `needs_types=False` (the sampler looks only at the frame count and times) the frame
-    list comes from the packet scan and only the chosen frames' dependencies are decoded.
+    With one decoder thread (the default) the frame list comes from the packet scan, frame
+    types (when `needs_types`) from an intra-only pass, and only the chosen frames'
+    dependencies are decoded. Otherwise, or when that shortcut cannot find a chosen frame,
+    every frame is decoded once (and a missed frame found by a second decode).
     """
     container, stream = open_video(source)
     try:
@@ -374,10 +440,10 @@ def decode_chosen(
         scan = read_packets(container, stream, span)
         if not scan.infos:
             raise RecordError("empty: no video packets" + (" in span" if span else ""))
-        if not needs_types and threads == 1:
-            sparse = _decode_sparse(container, stream, scan, span, choose)
-            if sparse is not None:
-                frames, chosen, kept, rotation = sparse
+        if threads == 1:
+            selective = _decode_selective(container, stream, scan, span, choose, needs_types)
+            if selective is not None:
+                frames, chosen, kept, rotation = selective
                 images = {i: upright_bgr(kept[i], rotation, max_side) for i in sorted(set(chosen))}
                 return DecodedFrames(_meta(container, stream, frames, rotation), frames, chosen, images)
             container.seek(0, stream=stream, backward=True)
