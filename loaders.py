@@ -4,7 +4,8 @@ A loader is a generator function registered under a `--dataset` name. It yields,
 row of the annotation, either a `Record` or a `BadRow` (the row's place and why it is
 unusable): bad rows are kept in the numbering and reported, never dropped or fatal.
 Paths in records are as written in the annotation; pack.py resolves relative ones against
-`--video_root` (else the annotation's folder).
+`--video_root` (else the annotation's folder). Annotations are opened through vdp.storage, so
+they may live on s3:// or oss:// too.
 
 Adding a dataset (a ~15-line job):
 
@@ -23,6 +24,8 @@ import csv
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+from vdp import storage
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ def loader(name: str):
 
 def jsonl_rows(path: str) -> Iterator[tuple[str, dict | None, str]]:
     """(where, object or None, reason) for every non-blank line of a JSON-lines file."""
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with storage.open_text(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -73,7 +76,7 @@ def jsonl_rows(path: str) -> Iterator[tuple[str, dict | None, str]]:
 
 
 def csv_rows(path: str) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+    with storage.open_text(path, newline="") as f:
         for n, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
             yield f"{path}:{n}", row
 
@@ -211,7 +214,7 @@ def load_ego4d(path: str) -> Iterator[Record | BadRow]:
     {video_uid}.mp4; the caption is the narration text without its "#C " tag.
     """
     try:
-        with open(path, encoding="utf-8") as f:
+        with storage.open_text(path) as f:
             videos = json.load(f)
     except json.JSONDecodeError as e:
         yield BadRow(f"{path}:{e.lineno}", f"bad JSON: {e.msg}")

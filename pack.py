@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from loaders import LOADERS, BadRow  # noqa: E402
 from samplers import SAMPLERS, SamplerOptions  # noqa: E402
+from vdp import storage  # noqa: E402
 from vdp.errors import EXIT_OK, EXIT_SOME_ERRORS, EXIT_USAGE, jsonl_bytes, reason_counts  # noqa: E402
 from vdp.plan import machine_range, plan_tars  # noqa: E402
 from vdp.pool import map_ordered  # noqa: E402
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="av", choices=["av", "decord"], help="decoder: PyAV (default) or decord (un only)")
     p.add_argument("--decode_threads", type=int, default=1, help="decoder threads per worker (0: FFmpeg's choice)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds one video may take before it goes to errors")
+    p.add_argument("--s3_endpoint", default=None, help="S3-compatible endpoint URL (TOS, MinIO, Ceph); else AWS config")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
 
@@ -93,24 +95,31 @@ def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error("--backend decord works with --type un only (kf needs every frame's picture type)")
     if not 1 <= a.jpeg_quality <= 100:
         p.error("--jpeg_quality must be in 1..100")
-    if not os.path.isfile(a.manifest):
-        p.error(f"manifest not found: {a.manifest}")
-    if a.video_root is not None and not os.path.isdir(a.video_root):
-        p.error(f"--video_root is not a folder: {a.video_root}")
+    storage.configure(a.s3_endpoint)
+    try:
+        if not storage.exists(a.manifest) or storage.isdir(a.manifest):
+            p.error(f"manifest not found: {a.manifest}")
+        if a.video_root is not None and not storage.is_remote(a.video_root) and not os.path.isdir(a.video_root):
+            p.error(f"--video_root is not a folder: {a.video_root}")
+    except (PermissionError, OSError) as e:
+        p.error(f"cannot reach {a.manifest}: {e}")
 
 
 def resolve(path: str, video_root: str | None, manifest: str) -> str:
-    if os.path.isabs(path):
+    if os.path.isabs(path) or storage.is_remote(path):
         return path
-    return os.path.join(video_root if video_root else os.path.dirname(os.path.abspath(manifest)), path)
+    return storage.join(video_root if video_root else storage.dirname(manifest), path)
+
+
+def absolute(path: str) -> str:
+    return path if storage.is_remote(path) else os.path.abspath(path)
 
 
 def check_same_flags(save_path: str, machine_id: int, flags: dict) -> str:
     """A rerun into the same folder must use the same flags, or resumed tars would mix outputs."""
-    path = os.path.join(save_path, STATE_DIR, f"flags-{machine_id}.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            before = json.load(f)
+    path = storage.join(save_path, STATE_DIR, f"flags-{machine_id}.json")
+    if storage.exists(path):
+        before = json.loads(storage.read_bytes(path))
         if before != flags:
             diff = sorted(k for k in set(before) | set(flags) if before.get(k) != flags.get(k))
             return f"{save_path} holds machine {machine_id}'s output of a run with other flags ({', '.join(diff)}): use a new --save_path or delete it"
@@ -138,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     flags = {
         "dataset": args.dataset,
-        "manifest": os.path.abspath(args.manifest),
-        "video_root": args.video_root and os.path.abspath(args.video_root),
+        "manifest": absolute(args.manifest),
+        "video_root": args.video_root and absolute(args.video_root),
         "range": [lo, hi],
         "samples_per_tar": args.samples_per_tar,
         "options": json.loads(json.dumps(options, default=lambda o: o.__dict__)),
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
 
     errors = [e for p in plans for e in finished_errors(args.save_path, p)]
-    errors_path = os.path.join(args.save_path, f"errors-{args.machine_id}.jsonl")
+    errors_path = storage.join(args.save_path, f"errors-{args.machine_id}.jsonl")
     write_bytes_atomically(errors_path, jsonl_bytes(errors))
     seconds = clock.seconds
     done_now = len(items)
@@ -179,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         reason_counts(errors),
     )
-    print(f"shards: {os.path.abspath(args.save_path)}  errors: {errors_path}", flush=True)
+    print(f"shards: {absolute(args.save_path)}  errors: {errors_path}", flush=True)
     return EXIT_SOME_ERRORS if errors else EXIT_OK
 
 

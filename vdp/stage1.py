@@ -17,8 +17,9 @@ import cv2
 
 from loaders import BadRow, Record
 from samplers import SAMPLERS, SamplerOptions
+from vdp import storage
 from vdp.decord_backend import decode_chosen_decord
-from vdp.errors import RecordError, error_entry, jsonl_bytes, read_jsonl
+from vdp.errors import RecordError, error_entry, jsonl_bytes
 from vdp.plan import TarPlan, sample_key
 from vdp.pool import WorkFailure
 from vdp.tario import write_bytes_atomically, write_tar_atomically
@@ -81,11 +82,11 @@ def pack_record(item: WorkItem) -> Packed:
 
 
 def _check_file(path: str) -> None:
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise FileNotFoundError(path)
-    if os.path.isdir(path):
+    if storage.isdir(path):
         raise IsADirectoryError(path)
-    if os.path.getsize(path) == 0:
+    if storage.size(path) == 0:
         raise RecordError(f"empty file: {path}")
 
 
@@ -113,8 +114,7 @@ def _build_sample(item: WorkItem, options: PackOptions) -> list[tuple[str, bytes
     record, key = item.entry, sample_key(item.index)
     _check_file(item.path)
     if options.type == "video-only":
-        with open(item.path, "rb") as f:
-            data = f.read()
+        data = storage.read_bytes(item.path)
         meta = scan_video(data)
         ext = os.path.splitext(item.path)[1].lstrip(".").lower() or "mp4"
         return [(f"{key}.json", _encode_json(_base_json(record, meta))), (f"{key}.{ext}", data)]
@@ -125,8 +125,10 @@ def _build_sample(item: WorkItem, options: PackOptions) -> list[tuple[str, bytes
     if options.backend == "decord":
         decoded = decode_chosen_decord(item.path, choose, span=span, max_side=options.max_side)
     else:
+        # PyAV reads local files itself (fastest); objects come as file objects, never staged on disk
+        source = storage.open_read(item.path) if storage.is_remote(item.path) else item.path
         decoded = decode_chosen(
-            item.path, choose, span, options.max_side, options.decode_threads, needs_types=sampler.needs_types
+            source, choose, span, options.max_side, options.decode_threads, needs_types=sampler.needs_types
         )
     chosen = [decoded.frames[i] for i in decoded.chosen]
     names = [str(n) for n in range(len(chosen))]
@@ -155,12 +157,12 @@ def _build_sample(item: WorkItem, options: PackOptions) -> list[tuple[str, bytes
 
 
 def sidecar_path(save_path: str, plan: TarPlan) -> str:
-    return os.path.join(save_path, STATE_DIR, plan.name + ".errors.jsonl")
+    return storage.join(save_path, STATE_DIR, plan.name + ".errors.jsonl")
 
 
 def is_done(save_path: str, plan: TarPlan) -> bool:
     """A tar is finished when it and its errors sidecar both exist (sidecar is written first)."""
-    return os.path.exists(os.path.join(save_path, plan.name)) and os.path.exists(sidecar_path(save_path, plan))
+    return storage.exists(storage.join(save_path, plan.name)) and storage.exists(sidecar_path(save_path, plan))
 
 
 @dataclass
@@ -197,9 +199,10 @@ def write_planned_tars(
             # so a tar under its final name always has its errors beside it.
             write_bytes_atomically(sidecar_path(save_path, plan), jsonl_bytes(errors))
 
-        write_tar_atomically(os.path.join(save_path, plan.name), members())
+        write_tar_atomically(storage.join(save_path, plan.name), members())
         yield TarResult(plan, packed, errors)
 
 
 def finished_errors(save_path: str, plan: TarPlan) -> list[dict]:
-    return read_jsonl(sidecar_path(save_path, plan))
+    data = storage.read_bytes(sidecar_path(save_path, plan)).decode("utf-8")
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
