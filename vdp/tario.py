@@ -12,6 +12,8 @@ import os
 import tarfile
 from collections.abc import Iterable, Iterator
 
+from vdp import storage
+
 Member = tuple[str, bytes]
 
 
@@ -34,48 +36,49 @@ def tar_bytes(members: Iterable[Member]) -> bytes:
     return buf.getvalue()
 
 
-def _temp_path(path: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-
-
 def write_bytes_atomically(path: str, data: bytes) -> None:
-    """Write `data` to `path` through a temp name in the same folder and a rename."""
-    write_stream_atomically(path, lambda f: f.write(data))
+    """Write `data` to `path` (local or object storage); it appears only when complete."""
+    storage.write_bytes_atomically(path, data)
 
 
 def write_stream_atomically(path: str, fill) -> None:
-    """Call `fill(file)` on a temp file beside `path`, then rename it to `path`.
+    """Call `fill(file)`; `path` appears only if it returns (temp + rename, or multipart upload)."""
+    storage.write_stream_atomically(path, fill)
 
-    If `fill` raises, the temp file is removed and `path` is untouched.
-    """
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            fill(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+class _CountingWriter:
+    """Counts bytes on their way to the real file (an upload cannot be sized afterwards cheaply)."""
+
+    def __init__(self, f):
+        self._f, self.count = f, 0
+
+    def write(self, data) -> int:
+        self._f.write(data)
+        self.count += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.count
 
 
 def write_tar_atomically(path: str, members: Iterable[Member]) -> int:
     """Write a deterministic tar to `path`; it appears under that name only when complete.
 
-    `members` may be a generator: they are streamed to disk, never held together in memory.
+    `members` may be a generator: they are streamed out, never held together in memory.
     Returns the tar's size in bytes.
     """
+    written = 0
 
     def fill(f) -> None:
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        nonlocal written
+        out = _CountingWriter(f)
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for name, data in members:
                 tar.addfile(_member_info(name, len(data)), io.BytesIO(data))
+        written = out.count
 
     write_stream_atomically(path, fill)
-    return os.path.getsize(path)
+    return written
 
 
 class TarReadError(Exception):
@@ -87,10 +90,12 @@ class TarReadError(Exception):
         self.members_read = members_read
 
 
-def iter_tar_members(fileobj) -> Iterator[Member]:
-    """Yield (name, bytes) for each regular file of a tar stream, in order.
+def iter_tar_entries(fileobj) -> Iterator[tuple[str, bytes, int]]:
+    """Yield (name, bytes, offset of the data in the file) for each regular file, in order.
 
-    Raises TarReadError (after yielding what was readable) when the tar is truncated or corrupt.
+    The offset lets a reader drop a member's bytes and read them again later with one seek
+    (the tokenizer keeps only offsets of images while it plans its packing). Raises
+    TarReadError (after yielding what was readable) when the tar is truncated or corrupt.
     """
     count = 0
     try:
@@ -103,9 +108,34 @@ def iter_tar_members(fileobj) -> Iterator[Member]:
                 if len(data) != info.size:
                     raise TarReadError(f"member {info.name} truncated", count)
                 count += 1
-                yield info.name, data
+                yield info.name, data, info.offset_data
+            _check_clean_end(fileobj, tar.offset, count)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise TarReadError(f"corrupt tar: {e}", count) from None
+
+
+def _check_clean_end(fileobj, offset: int, count: int) -> None:
+    """Raise when non-zero bytes follow the last readable header.
+
+    tarfile ends the member list silently at a damaged header (bad checksum, a header cut
+    short), so without this check a corrupt tar would lose its later members unnoticed.
+    A sound tar has only zero blocks there. Streams that cannot seek are not checked.
+    """
+    if not (hasattr(fileobj, "seekable") and fileobj.seekable()):
+        return
+    fileobj.seek(offset)
+    while chunk := fileobj.read(1 << 20):
+        if chunk.count(0) != len(chunk):
+            raise TarReadError(f"corrupt tar: unreadable header at byte {offset}", count)
+
+
+def iter_tar_members(fileobj) -> Iterator[Member]:
+    """Yield (name, bytes) for each regular file of a tar stream, in order.
+
+    Raises TarReadError (after yielding what was readable) when the tar is truncated or corrupt.
+    """
+    for name, data, _ in iter_tar_entries(fileobj):
+        yield name, data
 
 
 def split_member_name(name: str) -> tuple[str, str]:
