@@ -21,16 +21,20 @@ from samplers import SAMPLERS, SamplerOptions  # noqa: E402
 from vdp import storage  # noqa: E402
 from vdp.errors import EXIT_OK, EXIT_SOME_ERRORS, EXIT_USAGE, jsonl_bytes, reason_counts  # noqa: E402
 from vdp.plan import machine_range, plan_tars  # noqa: E402
-from vdp.pool import map_ordered  # noqa: E402
+from vdp.pool import WorkFailure, map_ordered  # noqa: E402
 from vdp.progress import Stopwatch, print_summary, progress_bar  # noqa: E402
+from vdp.ray_executor import ray_map_units  # noqa: E402
 from vdp.stage1 import (  # noqa: E402
     STATE_DIR,
     PackOptions,
+    TarResult,
+    TarUnit,
     WorkItem,
     finished_errors,
     init_worker,
     is_done,
     pack_record,
+    pack_tar,
     write_planned_tars,
 )
 from vdp.tario import write_bytes_atomically  # noqa: E402
@@ -43,6 +47,10 @@ examples:
   # keyframes with timestamps, machine 3 of 8 (run the same command with 0..7 on 8 hosts)
   python pack.py --dataset webvid --manifest results_2M_train.csv --video_root /data/webvid \\
       --type kf --save_path out/ --machine_id 3 --total_machine 8
+
+  # every tar a Ray task on a running cluster (ray start on each node first)
+  python pack.py --dataset jsonl --manifest s3://bucket/clips.jsonl --type kf --save_path s3://bucket/shards \\
+      --executor ray --ray_address auto
 
   # whole videos, records 1000..1999 only
   python pack.py --dataset jsonl --manifest clips.jsonl --type video-only --save_path out/ --start 1000 --end 2000
@@ -78,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="av", choices=["av", "decord"], help="decoder: PyAV (default) or decord (un only)")
     p.add_argument("--decode_threads", type=int, default=1, help="decoder threads per worker (0: FFmpeg's choice)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds one video may take before it goes to errors")
+    p.add_argument("--executor", default="pool", choices=["pool", "ray"],
+                   help="pool: worker processes on this machine; ray: one Ray task per tar (local or --ray_address)")
+    p.add_argument("--ray_address", default=None, help="Ray cluster to join, e.g. auto or HEAD:6379 (default: start a local Ray)")
     p.add_argument("--s3_endpoint", default=None, help="S3-compatible endpoint URL (TOS, MinIO, Ceph); else AWS config")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
@@ -128,6 +139,26 @@ def check_same_flags(save_path: str, machine_id: int, flags: dict) -> str:
     return ""
 
 
+def run_on_ray(args, options: PackOptions, todo: list, items: list[WorkItem], bar) -> list[TarResult]:
+    """One Ray task per tar; a tar whose task failed is packed here, record by record."""
+    by_index = {it.index: it for it in items}
+    units = [
+        TarUnit(p, [by_index[i] for i in range(p.start, p.end)], options, args.save_path, args.timeout, args.s3_endpoint)
+        for p in todo
+    ]
+    written = []
+    for index, result in ray_map_units(pack_tar, units, args.workers, args.ray_address,
+                                       deadline=lambda u: len(u.items) * args.timeout + 60):
+        if isinstance(result, WorkFailure):
+            unit = units[index]
+            results = map_ordered(pack_record, unit.items, args.workers, args.timeout, init_worker, (options,))
+            result = next(write_planned_tars(args.save_path, [unit.plan], unit.items, results))
+        written.append(result)
+        if bar:
+            bar.update(result.plan.end - result.plan.start)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -165,8 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(p.start, p.end)
     ]
     bar = progress_bar(len(items), "video", f"pack {args.type}") if not args.no_progress else None
-    results = map_ordered(pack_record, items, args.workers, args.timeout, init_worker, (options,))
-    written = list(write_planned_tars(args.save_path, todo, items, results, (lambda ok: bar.update(1)) if bar else None))
+    if args.executor == "ray":
+        written = run_on_ray(args, options, todo, items, bar)
+    else:
+        results = map_ordered(pack_record, items, args.workers, args.timeout, init_worker, (options,))
+        written = list(write_planned_tars(args.save_path, todo, items, results, (lambda ok: bar.update(1)) if bar else None))
     if bar:
         bar.close()
 

@@ -33,7 +33,8 @@ def _on_alarm(signum, frame):
     raise _Alarm()
 
 
-def _call_with_alarm(fn: Callable, item, timeout: float):
+def call_with_alarm(fn: Callable, item, timeout: float):
+    """fn(item), or a WorkFailure when it is still running after `timeout` seconds."""
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(max(1, math.ceil(timeout)))
     try:
@@ -59,7 +60,7 @@ def _kill(pool: ProcessPoolExecutor) -> None:
 def _run_alone(fn, item, timeout: float, initializer, initargs):
     pool = _new_pool(1, initializer, initargs)
     try:
-        return pool.submit(_call_with_alarm, fn, item, timeout).result(timeout=timeout + 10)
+        return pool.submit(call_with_alarm, fn, item, timeout).result(timeout=timeout + 10)
     except FutureTimeout:
         return WorkFailure(f"timeout: worker hung for {timeout + 10:g}s and was killed")
     except BrokenProcessPool:
@@ -91,7 +92,7 @@ def map_ordered(
     try:
         while next_yield < len(items):
             while next_submit < len(items) and len(inflight) < window:
-                fut = pool.submit(_call_with_alarm, fn, items[next_submit], timeout)
+                fut = pool.submit(call_with_alarm, fn, items[next_submit], timeout)
                 inflight[fut] = next_submit
                 next_submit += 1
             while next_yield in results:

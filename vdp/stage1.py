@@ -21,7 +21,7 @@ from vdp import storage
 from vdp.decord_backend import decode_chosen_decord
 from vdp.errors import RecordError, error_entry, jsonl_bytes
 from vdp.plan import TarPlan, sample_key
-from vdp.pool import WorkFailure
+from vdp.pool import WorkFailure, call_with_alarm
 from vdp.tario import write_bytes_atomically, write_tar_atomically
 from vdp.video import decode_chosen, scan_video
 
@@ -206,3 +206,23 @@ def write_planned_tars(
 def finished_errors(save_path: str, plan: TarPlan) -> list[dict]:
     data = storage.read_bytes(sidecar_path(save_path, plan)).decode("utf-8")
     return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class TarUnit:
+    """One planned tar with everything needed to write it anywhere (a Ray task)."""
+
+    plan: TarPlan
+    items: list[WorkItem]
+    options: PackOptions
+    save_path: str
+    timeout: float
+    s3_endpoint: str | None = None
+
+
+def pack_tar(unit: TarUnit) -> TarResult:
+    """Pack one tar start to end in this process: the same records, order and bytes as the pool."""
+    init_worker(unit.options)
+    storage.configure(unit.s3_endpoint)
+    results = (call_with_alarm(pack_record, item, unit.timeout) for item in unit.items)
+    return next(write_planned_tars(unit.save_path, [unit.plan], unit.items, results))
