@@ -1,0 +1,230 @@
+#!/usr/bin/env python
+"""Stage 2: stage-1 frame shards -> LLaMA-2 token sequences packed to --max_len, for Megatron.
+
+The stage-1 tars in --dataset_path are sorted by name and [--start, --end) of that list is
+taken; each group of --shard_size consecutive tars becomes OUT/{start}-{end}/shard_{g}.tar,
+written atomically. Samples that cannot be tokenized are listed in OUT/errors.jsonl.
+Rerunning the same command skips finished shards.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as `python tokenize/main.py`, sys.path[0] is this folder; the repo root replaces it (this
+# folder holds nothing to import, and must never shadow the standard `tokenize` module).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+    sys.path[0] = ROOT
+elif ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+
+from vdp.errors import EXIT_OK, EXIT_SOME_ERRORS, EXIT_USAGE, error_entry, reason_counts, write_errors_file  # noqa: E402
+from vdp.packing import PACKERS  # noqa: E402
+from vdp.pool import WorkFailure, map_ordered  # noqa: E402
+from vdp.progress import Stopwatch, print_summary, progress_bar  # noqa: E402
+from vdp.shards import list_tars  # noqa: E402
+from vdp.stage2 import (  # noqa: E402
+    STATE_DIR,
+    GroupResult,
+    TokenizeOptions,
+    collect_errors,
+    init_worker,
+    is_done,
+    plan_groups,
+    read_state,
+    state_path,
+    tokenize_group,
+)
+from vdp.tario import write_bytes_atomically  # noqa: E402
+from vdp.tokens import PLACEHOLDERS, TokenizerLoadError, load_tokenizer  # noqa: E402
+
+EXAMPLES = """
+examples:
+  # tars 0..99 of a stage-1 folder, 10 tars per output shard, 8 processes
+  python tokenize/main.py --dataset_path out/un --save_path tokens/ --tokenizer Llama-2-7b-hf/tokenizer.model \\
+      --sample_type un --start 0 --end 100 --shard_size 10 --workers 8
+
+  # keyframe samples, a Hugging Face tokenizer folder, ids as .npy members, 64 patches per image
+  python tokenize/main.py --dataset_path out/kf --save_path tokens/ --tokenizer Llama-2-7b-hf \\
+      --sample_type kf --shard_size 10 --patches 64 --ids_format npy
+
+  # the seed's in-order packing instead of best-fit decreasing
+  python tokenize/main.py --dataset_path out/un --save_path tokens/ --tokenizer tokenizer.model \\
+      --sample_type un --packing greedy
+
+output: OUT/{start}-{end}/shard_{g}.tar, one sample per packed sequence: {key}.json with input_ids,
+loss_mask, sample_lengths, sources, source_tars, image; {key}.{i}.jpg the frames in order.
+exit status: 0 every sample packed, 1 some went to OUT/errors.jsonl (or a worker failed), 2 bad usage.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tokenize/main.py",
+        description="Tokenize stage-1 frame shards with LLaMA-2 and pack them into sequences of at most --max_len tokens.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset_path", required=True, help="folder of stage-1 tars (sorted by name)")
+    p.add_argument("--save_path", required=True, help="output folder")
+    p.add_argument(
+        "--tokenizer", required=True, help="SentencePiece tokenizer.model, or a Hugging Face tokenizer folder"
+    )
+    p.add_argument(
+        "--sample_type", required=True, choices=sorted(PLACEHOLDERS), help="kf: <Iimage>/<Pimage>; un, conv: <image>"
+    )
+    p.add_argument("--start", type=int, default=0, help="first tar of the sorted list (default 0)")
+    p.add_argument("--end", type=int, default=None, help="tar to stop before (default: all)")
+    p.add_argument("--shard_size", type=int, default=50, help="input tars per output shard (default 50)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    p.add_argument("--max_len", type=int, default=8000, help="tokens per packed sequence at most (default 8000)")
+    p.add_argument("--patches", type=int, default=256, help="<im_patch> tokens per image (default 256)")
+    p.add_argument(
+        "--packing",
+        default="bfd",
+        choices=sorted(PACKERS),
+        help="bfd: best-fit decreasing (default); greedy: the seed's in-order filling",
+    )
+    p.add_argument("--pack_buffer", type=int, default=1000, help="samples in the bfd window (default 1000)")
+    p.add_argument(
+        "--max_side", type=int, default=1280, help="frames with a longer side are shrunk, aspect kept (0: never)"
+    )
+    p.add_argument(
+        "--jpeg_quality", type=int, default=95, help="quality of shrunk frames (others are copied untouched)"
+    )
+    p.add_argument(
+        "--ids_format",
+        default="json",
+        choices=["json", "npy"],
+        help="input_ids/loss_mask as JSON lists or int32/uint8 .npy members",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds one output shard may take before it counts as failed"
+    )
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    for flag in ("workers", "shard_size", "patches", "pack_buffer", "max_len"):
+        if getattr(a, flag) < 1:
+            p.error(f"--{flag} must be at least 1")
+    if a.max_side < 0 or a.start < 0 or (a.end is not None and a.end < a.start):
+        p.error("--max_side and --start must be >= 0, and --end >= --start")
+    if not 1 <= a.jpeg_quality <= 100:
+        p.error("--jpeg_quality must be in 1..100")
+    if not os.path.isdir(a.dataset_path):
+        p.error(f"--dataset_path is not a folder: {a.dataset_path}")
+
+
+def check_same_flags(out_dir: str, flags: dict) -> str:
+    """A rerun into the same range folder must use the same flags, or resumed shards would mix outputs."""
+    path = os.path.join(out_dir, STATE_DIR, "flags.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            before = json.load(f)
+        if before != flags:
+            diff = sorted(k for k in set(before) | set(flags) if before.get(k) != flags.get(k))
+            return (
+                f"{out_dir} holds shards made with other flags ({', '.join(diff)}): use a new --save_path or delete it"
+            )
+    else:
+        write_bytes_atomically(path, json.dumps(flags, sort_keys=True).encode())
+    return ""
+
+
+def summarize(results: list[GroupResult], max_len: int) -> dict:
+    """The figures of the summary line over finished shards."""
+    sequences = sum(r.sequences for r in results)
+    tokens = sum(r.tokens for r in results)
+    packed = sum(r.samples for r in results)
+    return {
+        "samples_in": packed + sum(r.rejected for r in results),
+        "samples_packed": packed,
+        "sequences_out": sequences,
+        "fill_pct": 100.0 * tokens / (sequences * max_len) if sequences else 0.0,
+        "lower_bound": sum(r.lower_bound for r in results),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    clock = Stopwatch()
+    try:
+        load_tokenizer(args.tokenizer)  # fail before any work; workers load their own copy
+    except TokenizerLoadError as e:
+        print(f"tokenize/main.py: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+    tars = list_tars(args.dataset_path)
+    end = len(tars) if args.end is None else args.end
+    out_dir = os.path.join(args.save_path, f"{args.start}-{end}")
+    jobs = plan_groups(tars, args.dataset_path, args.start, end, args.shard_size, out_dir)
+    options = TokenizeOptions(
+        tokenizer=os.path.abspath(args.tokenizer),
+        sample_type=args.sample_type,
+        patches=args.patches,
+        max_len=args.max_len,
+        packing=args.packing,
+        pack_buffer=args.pack_buffer,
+        max_side=args.max_side,
+        jpeg_quality=args.jpeg_quality,
+        ids_format=args.ids_format,
+    )
+    flags = {"dataset_path": os.path.abspath(args.dataset_path), "shard_size": args.shard_size, **options.__dict__}
+    problem = check_same_flags(out_dir, flags)
+    if problem:
+        print(f"tokenize/main.py: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+
+    todo = [j for j in jobs if not is_done(j)]
+    bar = (
+        None
+        if args.no_progress
+        else progress_bar(sum(len(j.tars) for j in todo), "tar", f"tokenize {args.sample_type}")
+    )
+    fresh: list[GroupResult] = []
+    failures: list[dict] = []
+    for job, result in zip(
+        todo, map_ordered(tokenize_group, todo, args.workers, args.timeout, init_worker, (options,))
+    ):
+        if isinstance(result, WorkFailure):
+            failures.append(error_entry(f"shard_{job.index}", ",".join(job.names), f"worker failed: {result.reason}"))
+        else:
+            fresh.append(result)
+        if bar:
+            bar.update(len(job.tars))
+            bar.set_postfix(
+                sequences=sum(r.sequences for r in fresh), errors=sum(len(r.errors) for r in fresh) + len(failures)
+            )
+    if bar:
+        bar.close()
+
+    finished = [read_state(state_path(j)) for j in jobs if is_done(j)]
+    errors = collect_errors(args.save_path) + failures
+    errors_path = os.path.join(args.save_path, "errors.jsonl")
+    write_errors_file(errors_path, errors)
+    seconds = clock.seconds
+    range_errors = [e for r in finished for e in r.errors] + failures
+    fields = {"tars": len(tars[args.start : end]), **summarize(finished, args.max_len)}
+    fields.update(
+        errors=len(range_errors),
+        shards_written=len(fresh),
+        shards_resumed=len(jobs) - len(todo),
+        seconds=seconds,
+        tokens_per_s=sum(r.tokens for r in fresh) / seconds if seconds > 0 else 0.0,
+    )
+    print_summary("tokenize", fields, reason_counts(range_errors))
+    print(f"shards: {os.path.abspath(out_dir)}  errors: {os.path.abspath(errors_path)}", flush=True)
+    return EXIT_SOME_ERRORS if range_errors else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

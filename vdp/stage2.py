@@ -1,0 +1,277 @@
+"""Stage 2 core: groups of stage-1 tars -> packed LLaMA-2 token sequences, one output tar per group.
+
+A group (K consecutive input tars) is the unit of work, resume and determinism: one worker
+reads its tars, tokenizes each sample, packs the samples into sequences and writes
+`shard_{g}.tar` atomically, then `.tokenize/shard_{g}.json` (its counts and error rows). A
+group is done when both exist. Nothing crosses groups, so the bytes of a shard depend only
+on its input tars and the options, whatever the number of workers.
+
+Memory stays bounded: the packer decides each sequence within one window of samples and
+the sequence is written at once. Frames are never held, only their place in the input tar:
+when their sequence is written they are copied file to file (vdp.tarslices), untouched.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import re
+import time
+from array import array
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+
+from vdp.errors import RecordError, error_entry
+from vdp.frame_samples import FrameSample, ImageRef, read_frame_samples
+from vdp.jpeg import fit_jpeg, fit_size
+from vdp.packing import PACKERS, lower_bound, sequence_length
+from vdp.tario import write_bytes_atomically
+from vdp.tarslices import FileSlice, read_range, write_tar_slices_atomically
+from vdp.tokens import ConversationTokenizer, load_tokenizer
+
+Data = bytes | FileSlice
+Member = tuple[str, Data]
+
+STATE_DIR = ".tokenize"  # per-group counts and errors, and the flags of the run, inside OUT/{S}-{E}
+
+
+@dataclass(frozen=True)
+class TokenizeOptions:
+    tokenizer: str
+    sample_type: str  # un, kf or conv: which placeholders stand for images
+    patches: int = 256
+    max_len: int = 8000
+    packing: str = "bfd"
+    pack_buffer: int = 1000
+    max_side: int = 1280
+    jpeg_quality: int = 95  # only for frames shrunk to max_side
+    ids_format: str = "json"  # or "npy"
+
+
+@dataclass(frozen=True)
+class GroupJob:
+    index: int  # g in shard_{g}.tar
+    first_tar: int  # position of tars[0] in the sorted list of input tars
+    tars: tuple[str, ...]  # paths
+    names: tuple[str, ...]  # the same tars relative to --dataset_path, as written in source_tars
+    out_dir: str  # OUT/{S}-{E}
+
+
+@dataclass
+class GroupResult:
+    index: int
+    samples: int = 0  # samples packed
+    rejected: int = 0  # samples that went to the errors instead
+    sequences: int = 0
+    tokens: int = 0
+    lower_bound: int = 0  # fewest sequences any packing of these samples could use
+    resized: int = 0  # frames shrunk to max_side
+    errors: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class Tokenized:
+    key: str
+    tar_name: str
+    tar_path: str
+    ids: array
+    mask: bytes
+    images: list[ImageRef]
+
+
+# --- planning and state ----------------------------------------------------------------------
+
+
+def plan_groups(tars: list[str], root: str, start: int, end: int, shard_size: int, out_dir: str) -> list[GroupJob]:
+    """Cut tars[start:end] into groups of shard_size consecutive tars."""
+    chosen = tars[start:end]
+    jobs = []
+    for g, at in enumerate(range(0, len(chosen), shard_size)):
+        part = tuple(chosen[at : at + shard_size])
+        names = tuple(os.path.relpath(p, root) for p in part)
+        jobs.append(GroupJob(g, start + at, part, names, out_dir))
+    return jobs
+
+
+def shard_path(job: GroupJob) -> str:
+    return os.path.join(job.out_dir, f"shard_{job.index}.tar")
+
+
+def state_path(job: GroupJob) -> str:
+    return os.path.join(job.out_dir, STATE_DIR, f"shard_{job.index}.json")
+
+
+def is_done(job: GroupJob) -> bool:
+    """Done when the shard and its state both exist (the state is written after the shard)."""
+    return os.path.exists(shard_path(job)) and os.path.exists(state_path(job))
+
+
+def read_state(path: str) -> GroupResult:
+    with open(path, encoding="utf-8") as f:
+        return GroupResult(**json.load(f))
+
+
+def collect_errors(save_path: str) -> list[dict]:
+    """The error rows of every finished group under OUT, all ranges, in range and group order."""
+
+    def order(path: str) -> tuple:
+        return tuple(int(n) for n in re.findall(r"\d+", os.path.relpath(path, save_path)))
+
+    paths = glob.glob(os.path.join(save_path, "*", STATE_DIR, "shard_*.json"))
+    return [row for p in sorted(paths, key=order) for row in read_state(p).errors]
+
+
+# --- the worker side -------------------------------------------------------------------------
+
+_OPTIONS: TokenizeOptions | None = None
+_CONV: ConversationTokenizer | None = None
+
+
+def init_worker(options: TokenizeOptions) -> None:
+    """Pool initializer: load the tokenizer once per worker; one OpenCV thread per process."""
+    global _OPTIONS, _CONV
+    _OPTIONS = options
+    _CONV = ConversationTokenizer(load_tokenizer(options.tokenizer), options.sample_type, options.patches)
+    cv2.setNumThreads(1)
+
+
+def tokenize_sample(sample: FrameSample, conv: ConversationTokenizer, max_len: int) -> tuple[list[int], list[int]]:
+    """(input_ids, loss_mask) of one sample; RecordError when it cannot join a sequence."""
+    placeholders = conv.count_placeholders(sample.conversations)
+    if placeholders != len(sample.images):
+        raise RecordError(f"placeholder count: {placeholders} placeholders for {len(sample.images)} images")
+    ids, mask = conv.tokenize(sample.conversations)
+    if len(ids) > max_len:
+        raise RecordError(f"too long: {len(ids)} tokens > max_len {max_len}")
+    return ids, mask
+
+
+def _tokenized(job: GroupJob, conv: ConversationTokenizer, options: TokenizeOptions, errors: list[dict]):
+    """Tokenized samples of the group's tars, in order; failures go to `errors`."""
+    typecode = "H" if conv.max_id < 1 << 16 else "i"  # LLaMA-2 ids fit 16 bits: half the memory
+    for path, name in zip(job.tars, job.names):
+        for sample in read_frame_samples(path, errors):
+            try:
+                ids, mask = tokenize_sample(sample, conv, options.max_len)
+            except RecordError as e:
+                errors.append(error_entry(sample.key, path, str(e)))
+                continue
+            yield Tokenized(sample.key, name, path, array(typecode, ids), bytes(mask), sample.images)
+
+
+def tokenize_group(job: GroupJob) -> GroupResult:
+    """Worker entry point: read, tokenize, pack and write one group; returns its counts."""
+    options, conv = _OPTIONS, _CONV
+    assert options is not None and conv is not None, "init_worker was not called"
+    clock = time.perf_counter()
+    result = GroupResult(job.index)
+    shrink_errors: list[dict] = []  # frames kept unshrunk: their samples are still packed
+    lengths: list[int] = []
+    waiting: dict[int, Tokenized] = {}
+
+    def length_stream() -> Iterator[int]:
+        for t in _tokenized(job, conv, options, result.errors):
+            waiting[len(lengths)] = t
+            lengths.append(len(t.ids))
+            yield lengths[-1]
+
+    def members() -> Iterator[Member]:
+        for j, b in enumerate(PACKERS[options.packing](length_stream(), options.max_len, options.pack_buffer)):
+            parts = [waiting.pop(i) for i in b]
+            key = f"{job.first_tar:06d}-{j:06d}"
+            yield from sequence_members(key, parts, options, result, shrink_errors)
+            result.sequences += 1
+            result.samples += len(parts)
+
+    write_tar_slices_atomically(shard_path(job), members())
+    result.rejected = sum(1 for e in result.errors if e["key"])  # tar-level rows have no sample key
+    result.errors += shrink_errors
+    result.tokens = sum(lengths) - result.samples + result.sequences
+    result.lower_bound = lower_bound(lengths, options.max_len)
+    result.seconds = round(time.perf_counter() - clock, 3)
+    write_bytes_atomically(state_path(job), json.dumps(asdict(result), ensure_ascii=False).encode())
+    return result
+
+
+def _frame(part: Tokenized, ref: ImageRef, options: TokenizeOptions, result: GroupResult, errors: list) -> Data:
+    """The frame as a slice of its input tar (passed through), or shrunk bytes when too big."""
+    if fit_size(ref.width, ref.height, options.max_side) == (ref.width, ref.height):
+        return FileSlice(part.tar_path, ref.offset, ref.size)
+    fd = os.open(part.tar_path, os.O_RDONLY)
+    try:
+        data = read_range(fd, ref.offset, ref.size)
+    finally:
+        os.close(fd)
+    try:
+        small = fit_jpeg(data, ref.width, ref.height, options.max_side, options.jpeg_quality)
+    except RecordError as e:
+        # The header was sound but the picture is not: keep the frame as it is and say so.
+        errors.append(error_entry(part.key, part.tar_path, f"{e}: {ref.member} written unshrunk"))
+        return data
+    result.resized += 1
+    return small
+
+
+def _npy(values: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, values, allow_pickle=False)
+    return buf.getvalue()
+
+
+def json_int_list(values: np.ndarray) -> str:
+    """`json.dumps(list(values), separators=(",", ":"))`, six times faster on token ids.
+
+    Ids come in long runs (256 <im_patch> per image, masks of 0s then 1s), so each run is
+    written as one repeated string instead of one number at a time.
+    """
+    if len(values) == 0:
+        return "[]"
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(values)) + 1))
+    counts = np.diff(np.append(starts, len(values)))
+    body = "".join(f"{v}," * n for v, n in zip(values[starts].tolist(), counts.tolist()))
+    return "[" + body[:-1] + "]"
+
+
+def _sequence_json(ids: np.ndarray, mask: np.ndarray, rest: dict, with_ids: bool) -> bytes:
+    """The sequence's json; the same text json.dumps(separators=(",", ":")) would give."""
+    tail = json.dumps(rest, separators=(",", ":"), ensure_ascii=True)
+    if not with_ids:
+        return tail.encode()
+    return ('{"input_ids":' + json_int_list(ids) + ',"loss_mask":' + json_int_list(mask) + "," + tail[1:]).encode()
+
+
+def sequence_members(
+    key: str, parts: list[Tokenized], options: TokenizeOptions, result: GroupResult, errors: list[dict]
+) -> list[Member]:
+    """The tar members of one packed sequence: json (+ npy ids), then its images in order."""
+    ids = array(parts[0].ids.typecode, parts[0].ids)
+    mask = bytearray(parts[0].mask)
+    for p in parts[1:]:  # later samples drop their leading BOS, as the seed did
+        ids.extend(p.ids[1:])
+        mask.extend(p.mask[1:])
+    lengths = [len(p.ids) - (1 if n else 0) for n, p in enumerate(parts)]
+    assert sum(lengths) == len(ids) == sequence_length([len(p.ids) for p in parts])
+    refs = [(p, ref) for p in parts for ref in p.images]
+    id_values = np.frombuffer(ids, dtype=np.uint16 if ids.typecode == "H" else np.int32)
+    mask_values = np.frombuffer(bytes(mask), dtype=np.uint8)
+    rest = {
+        "sample_lengths": lengths,
+        "sources": [p.key for p in parts],
+        "source_tars": [p.tar_name for p in parts],
+        "image": [str(i) for i in range(len(refs))],
+    }
+    members: list[Member] = [
+        (f"{key}.json", _sequence_json(id_values, mask_values, rest, options.ids_format == "json"))
+    ]
+    if options.ids_format == "npy":
+        members.append((f"{key}.input_ids.npy", _npy(id_values.astype(np.int32))))
+        members.append((f"{key}.loss_mask.npy", _npy(mask_values)))
+    for i, (p, ref) in enumerate(refs):
+        members.append((f"{key}.{i}.jpg", _frame(p, ref, options, result, errors)))
+    return members
