@@ -130,6 +130,14 @@ class OSSFileSystem:
         prefix = key.rstrip("/") + "/"
         return any(True for _ in self._oss2.ObjectIterator(self._bucket(bucket), prefix=prefix, max_keys=1))
 
+    def info(self, path: str) -> dict:
+        try:
+            return {"type": "file", "size": self.size(path)}
+        except FileNotFoundError:
+            if self.isdir(path):
+                return {"type": "directory", "size": 0}
+            raise
+
     def size(self, path: str) -> int:
         return int(self._head(path).content_length)
 

@@ -81,13 +81,17 @@ def pack_record(item: WorkItem) -> Packed:
         return Packed(None, "out of memory while decoding")
 
 
-def _check_file(path: str) -> None:
-    if not storage.exists(path):
+def _check_file(path: str) -> int:
+    """The file's size; a missing, folder or empty path raises (one request on object storage)."""
+    found = storage.stat(path)
+    if found is None:
         raise FileNotFoundError(path)
-    if storage.isdir(path):
+    kind, size = found
+    if kind == "directory":
         raise IsADirectoryError(path)
-    if storage.size(path) == 0:
+    if size == 0:
         raise RecordError(f"empty file: {path}")
+    return size
 
 
 def _base_json(record: Record, meta) -> dict:
@@ -112,7 +116,7 @@ def _encode_json(doc: dict) -> bytes:
 
 def _build_sample(item: WorkItem, options: PackOptions) -> list[tuple[str, bytes]]:
     record, key = item.entry, sample_key(item.index)
-    _check_file(item.path)
+    size = _check_file(item.path)
     if options.type == "video-only":
         data = storage.read_bytes(item.path)
         meta = scan_video(data)
@@ -126,7 +130,7 @@ def _build_sample(item: WorkItem, options: PackOptions) -> list[tuple[str, bytes
         decoded = decode_chosen_decord(item.path, choose, span=span, max_side=options.max_side)
     else:
         # PyAV reads local files itself (fastest); objects come as file objects, never staged on disk
-        source = storage.open_read(item.path) if storage.is_remote(item.path) else item.path
+        source = storage.open_read(item.path, known_size=size) if storage.is_remote(item.path) else item.path
         decoded = decode_chosen(
             source, choose, span, options.max_side, options.decode_threads, needs_types=sampler.needs_types
         )

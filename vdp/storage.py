@@ -150,6 +150,25 @@ def size(path: str) -> int:
     return with_retries(lambda: int(_fs(path).size(path)))
 
 
+def stat(path: str) -> tuple[str, int] | None:
+    """("file", size) or ("directory", 0), or None when nothing is there: one request remotely."""
+    if not is_remote(path):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return ("directory", 0) if os.path.isdir(path) else ("file", st.st_size)
+
+    def ask():
+        try:
+            info = _fs(path).info(path)
+        except FileNotFoundError:
+            return None
+        return ("directory", 0) if info.get("type") == "directory" else ("file", int(info.get("size") or 0))
+
+    return with_retries(ask)
+
+
 def read_bytes(path: str) -> bytes:
     if not is_remote(path):
         with open(path, "rb") as f:
@@ -157,7 +176,7 @@ def read_bytes(path: str) -> bytes:
     return with_retries(lambda: _fs(path).cat_file(path))
 
 
-def open_read(path: str, whole_below: int = 64 * 1024 * 1024):
+def open_read(path: str, whole_below: int = 64 * 1024 * 1024, known_size: int | None = None):
     """A seekable binary file object for PyAV, tarfile or json.
 
     A remote object smaller than `whole_below` is read in one request into memory (one round
@@ -167,7 +186,7 @@ def open_read(path: str, whole_below: int = 64 * 1024 * 1024):
     if not is_remote(path):
         return open(path, "rb")
     fs = _fs(path)
-    n = size(path)
+    n = size(path) if known_size is None else known_size
     if n < whole_below:
         return io.BytesIO(read_bytes(path))
     return with_retries(lambda: fs.open(path, "rb", block_size=16 * 1024 * 1024, cache_type="readahead"))
