@@ -1,0 +1,197 @@
+"""Stage 3 core: scan one tar, check every sample, and return what the indexes and the report need.
+
+`scan_tar` runs in the worker processes (one tar per call) and never raises for bad data:
+tar-level damage and bad samples become error rows. What comes back is small: counts, error
+rows, each sample's byte offset (for energon's `.tar.idx`), and, when a dump is asked for, the
+few samples of this tar that rank first by a hash of their name, with their members.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from vdp.errors import RecordError, error_entry
+from vdp.shards import Sample
+from vdp.tario import TarReadError, iter_tar_entries, split_member_name
+from vdp.validate import CheckOptions, SampleFacts, check_sample
+
+BLOCK = 512  # tar block size: every header and every member's padded data is a multiple of it
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    check: CheckOptions
+    root: str  # the dataset folder: tars are named relative to it
+    dump: int = 0  # keep this many samples per tar (lowest rank) for the report
+
+
+@dataclass
+class Pick:
+    """A sample kept for the dump: its rank decides, whatever the number of workers."""
+
+    rank: bytes
+    tar: str  # relative to the dataset folder
+    key: str
+    members: dict[str, bytes]
+    reason: str = ""  # empty when the sample passed every check
+    facts: SampleFacts | None = None
+    text: list = field(default_factory=list)  # check_pair: decoded windows per packed sample
+
+
+@dataclass
+class TarScan:
+    path: str
+    name: str  # relative to the dataset folder: energon's shard name
+    size: int = 0
+    samples: int = 0  # samples found (sound or not); what wids and energon count in the tar
+    valid: int = 0
+    tokens: int = 0
+    images: int = 0
+    errors: list[dict] = field(default_factory=list)  # {"tar", "key", "reason"}
+    bad_keys: list[str] = field(default_factory=list)
+    broken: bool = False  # the tar does not read to its end: no index lists it
+    dropped: int = 0  # samples the damage cut short (not in `samples`)
+    keys: set[str] = field(default_factory=set, repr=False)  # seen so far, for duplicates
+    offsets: list[int] = field(default_factory=list)  # header offset of each sample, then the end
+    picks: list[Pick] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def error_row(tar: str, key: str, reason: str) -> dict:
+    """One line of the errors file: the policy's entry, with the tar named as such."""
+    entry = error_entry(key, tar, reason)
+    return {"tar": entry["source"], "key": entry["key"], "reason": entry["reason"]}
+
+
+def rank_of(tar_name: str, key: str) -> bytes:
+    """A fixed pseudo-random rank: the dump takes the lowest, so it is the same on every run."""
+    return hashlib.blake2b(f"{tar_name}/{key}".encode(), digest_size=8).digest()
+
+
+def _padded(n: int) -> int:
+    return -(-n // BLOCK) * BLOCK
+
+
+@dataclass
+class Placed:
+    """A sample and where it lies: `start` is its first header, `end` where the next header begins."""
+
+    sample: Sample
+    start: int
+    end: int
+
+
+@dataclass
+class TarDamage:
+    reason: str
+    dropped: str  # key of the sample the damage cut short ("" if none)
+
+
+def iter_placed(f, damage: list[TarDamage]) -> Iterator[Placed]:
+    """Samples of a tar stream with their byte range; damage stops the stream and is appended to `damage`.
+
+    A member's header chain starts where the previous member's padded data ends, so the ranges
+    come from data offsets and sizes alone, long-name headers included. A sample the damage
+    cut short is not yielded (it may lack members).
+    """
+    current: Placed | None = None
+    end = 0
+    try:
+        for name, data, offset in iter_tar_entries(f):
+            key, ext = split_member_name(name)
+            if current is not None and key != current.sample.key:
+                yield current
+                current = None
+            if current is None:
+                current = Placed(Sample(key), end, end)
+            current.sample.members[ext] = data
+            end = current.end = offset + _padded(len(data))
+    except TarReadError as e:
+        damage.append(
+            TarDamage(f"{e.reason} (after {e.members_read} readable members)", current.sample.key if current else "")
+        )
+        return
+    if current is not None:
+        yield current
+
+
+# A hook check_pair adds to the per-sample checks (decoding token windows); None for main.py.
+ExtraCheck = Callable[[SampleFacts], list]
+
+
+def scan_tar(path: str, opts: ScanOptions, extra: ExtraCheck | None = None) -> TarScan:
+    """Check every sample of one tar; everything wrong becomes an error row, nothing raises."""
+    clock = time.perf_counter()
+    scan = TarScan(path, os.path.relpath(path, opts.root))
+    damage: list[TarDamage] = []
+    heap: list[tuple[bytes, int, Pick]] = []  # the picks kept, highest rank on top
+    end = 0
+    try:
+        scan.size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            for placed in iter_placed(f, damage):
+                scan.offsets.append(placed.start)
+                end = placed.end
+                _record(scan, placed.sample, opts, extra, heap)
+    except OSError as e:
+        damage.append(TarDamage(f"unreadable tar: {e.strerror or e}", ""))
+    scan.offsets.append(end)  # energon's index ends with the end of the last sample
+    for d in damage:
+        scan.broken = True
+        reason = d.reason if d.reason.startswith("unreadable") else f"bad tar: {d.reason}"
+        scan.errors.append(error_row(path, d.dropped, reason))
+        scan.dropped += 1 if d.dropped else 0
+    scan.picks = sorted((p for _, _, p in heap), key=lambda p: p.rank)
+    scan.keys = set()  # not worth sending back to the parent
+    scan.seconds = time.perf_counter() - clock
+    return scan
+
+
+def _record(scan: TarScan, sample: Sample, opts: ScanOptions, extra: ExtraCheck | None, heap: list) -> None:
+    reason, facts, text = _check_one(sample, opts, scan, extra)
+    scan.samples += 1
+    if reason:
+        scan.errors.append(error_row(scan.path, sample.key, reason))
+        scan.bad_keys.append(sample.key)
+    else:
+        scan.valid += 1
+        scan.tokens += facts.tokens
+        scan.images += facts.images
+    if opts.dump:
+        _keep(
+            heap,
+            opts.dump,
+            Pick(rank_of(scan.name, sample.key), scan.name, sample.key, sample.members, reason, facts, text),
+        )
+
+
+def _check_one(sample: Sample, opts: ScanOptions, scan: TarScan, extra: ExtraCheck | None):
+    """(reason or "", facts, extra's output) for one sample."""
+    if sample.key in scan.keys:
+        return f"duplicate key: {sample.key} appears twice in the tar", None, []
+    scan.keys.add(sample.key)
+    try:
+        facts = check_sample(sample, opts.check)
+        text = extra(facts) if extra else []
+    except RecordError as e:
+        return str(e), None, []
+    return "", facts, text
+
+
+def _keep(heap: list, n: int, pick: Pick) -> None:
+    """Keep the n lowest-ranked picks; members of the others are dropped at once."""
+    entry = (bytes(255 - b for b in pick.rank), id(pick), pick)  # inverted rank: heap[0] is the highest kept
+    if len(heap) < n:
+        heapq.heappush(heap, entry)
+    elif entry[0] > heap[0][0]:
+        heapq.heapreplace(heap, entry)
+
+
+def merge_picks(scans: list[TarScan], n: int) -> list[Pick]:
+    """The n lowest-ranked picks of the whole scan."""
+    return heapq.nsmallest(n, (p for s in scans for p in s.picks), key=lambda p: p.rank)
