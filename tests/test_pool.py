@@ -42,3 +42,31 @@ def test_a_crashing_item_fails_alone():
     out = list(map_ordered(crash_on_two, range(8), workers=2, timeout=5))
     assert [x for i, x in enumerate(out) if i != 2] == [0, 1, 3, 4, 5, 6, 7]
     assert isinstance(out[2], WorkFailure) and out[2].reason.startswith("crash")
+
+
+def blur(x: int):
+    import cv2
+    import numpy as np
+
+    return cv2.GaussianBlur(np.full((600, 600, 3), x, np.uint8), (9, 9), 0).shape
+
+
+def one_opencv_thread() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # what a stage's worker initializer may well do
+
+
+def test_workers_use_opencv_after_the_parent_did():
+    """A fork after the parent ran OpenCV's thread pool must not hang the workers."""
+    import cv2
+    import numpy as np
+
+    cv2.setNumThreads(2)
+    img = np.random.randint(0, 255, (1500, 1500, 3), np.uint8)
+    for _ in range(3):
+        cv2.GaussianBlur(cv2.resize(img, (1000, 1000)), (9, 9), 0)
+    start = time.time()
+    out = list(map_ordered(blur, range(4), workers=2, timeout=3, initializer=one_opencv_thread))
+    assert out == [(600, 600, 3)] * 4
+    assert time.time() - start < 3

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import signal
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -45,8 +46,21 @@ def call_with_alarm(fn: Callable, item, timeout: float):
         signal.alarm(0)
 
 
+def _single_threaded_opencv() -> None:
+    """OpenCV in one thread, set in the parent before forking.
+
+    Each worker is one core's worth of work, so OpenCV's own threads would only oversubscribe.
+    It must be set here: a forked child that calls cv2.setNumThreads after the parent ran
+    OpenCV waits forever on the parent's thread pool, which did not come along.
+    """
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None:
+        cv2.setNumThreads(1)
+
+
 def _new_pool(workers: int, initializer, initargs) -> ProcessPoolExecutor:
     # fork: workers start in milliseconds and inherit the imported decoder libraries.
+    _single_threaded_opencv()
     return ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=initializer, initargs=initargs)
 
 

@@ -55,10 +55,9 @@ _OPTIONS: PackOptions | None = None
 
 
 def init_worker(options: PackOptions) -> None:
-    """Pool initializer: one JPEG thread per worker; processes give the parallelism."""
+    """Pool initializer (OpenCV's thread count is set by the pool, in the parent)."""
     global _OPTIONS
     _OPTIONS = options
-    cv2.setNumThreads(1)
 
 
 def pack_record(item: WorkItem) -> Packed:
