@@ -1,6 +1,8 @@
 #!/usr/bin/env python
-"""End-to-end demo on data it makes itself: encode a few small videos with PyAV, pack them
-all three ways, and print where the shards are. Run from anywhere: python scripts/demo.py [OUT]
+"""End-to-end demo on data it makes itself: encode a few small videos with PyAV, pack them all
+three ways (stage 1), tokenize the keyframe shards with a small LLaMA-2-like tokenizer trained
+on the spot (stage 2), validate and index them and dump a few samples to an HTML report
+(stage 3), and print where everything is. Run from anywhere: python scripts/demo.py [OUT]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from vdp.synth import VideoSpec, make_video  # noqa: E402
+from vdp.synth_tokenizer import train_llama_like_tokenizer  # noqa: E402
 
 DEMO_VIDEOS = {
     "street.mp4": VideoSpec(num_frames=120, width=320, height=180, bframes=2, gop=30),
@@ -48,12 +51,29 @@ def main() -> int:
         rc = run([sys.executable, "pack.py", "--dataset", "jsonl", "--manifest", manifest, "--video_root", videos,
                   "--type", kind, "--save_path", save, "--samples_per_tar", "4", "--workers", "2", "--no_progress"])
         results[kind] = (rc, save)
-    print("\nshards:")
+    tokenizer = train_llama_like_tokenizer(os.path.join(out, "demo_tokenizer"))
+    tokens = os.path.join(out, "tokens")
+    results["tokenize"] = (run([sys.executable, "tokenize/main.py", "--dataset_path", results["kf"][1],
+                                "--save_path", tokens, "--tokenizer", tokenizer, "--sample_type", "kf",
+                                "--shard_size", "2", "--patches", "32", "--max_len", "2048", "--workers", "2",
+                                "--no_progress"]), tokens)
+    index = os.path.join(out, "index")
+    results["index"] = (run([sys.executable, "index/main.py", "--dataset_path", tokens, "--dataset_name", "demo_kf",
+                             "--output", index, "--patches", "32", "--max_len", "2048", "--tokenizer", tokenizer,
+                             "--workers", "2", "--energon"]), index)
+    check = os.path.join(out, "check")
+    results["check_pair"] = (run([sys.executable, "index/check_pair.py", "--dataset_path", results["kf"][1],
+                                  "--dataset_name", "demo_kf_frames", "--workers", "2", "--dump", "3",
+                                  "--out", check]), check)
+
+    print("\nwhere things are:")
     for kind, (rc, save) in results.items():
-        tars = sorted(n for n in os.listdir(save) if n.endswith(".tar"))
-        print(f"  {kind:<10} exit={rc}  {save}: {', '.join(tars)}")
-    print("exit 1 is expected above: the missing file is listed in each errors-0.jsonl")
-    return 0 if all(rc in (0, 1) for rc, _ in results.values()) else 1
+        tars = sorted(n for n in os.listdir(save) if n.endswith((".tar", ".pkl", ".json", ".html")))
+        print(f"  {kind:<10} exit={rc}  {save}: {', '.join(tars) or '(see subfolders)'}")
+    print(f"  report for a human: {os.path.join(check, 'report.html')}")
+    print("exit 1 is expected for the three pack runs: the missing file is listed in each errors-0.jsonl")
+    expected = {"video-only": (1,), "un": (1,), "kf": (1,), "tokenize": (0,), "index": (0,), "check_pair": (0,)}
+    return 0 if all(results[k][0] in ok for k, ok in expected.items()) else 1
 
 
 if __name__ == "__main__":
