@@ -22,6 +22,7 @@ from vdp import storage  # noqa: E402
 from vdp.errors import EXIT_OK, EXIT_SOME_ERRORS, EXIT_USAGE, jsonl_bytes, reason_counts  # noqa: E402
 from vdp.plan import machine_range, plan_tars  # noqa: E402
 from vdp.pool import WorkFailure, map_ordered  # noqa: E402
+from vdp.prefetch import prefetched  # noqa: E402
 from vdp.progress import Stopwatch, print_summary, progress_bar  # noqa: E402
 from vdp.ray_executor import ray_map_units  # noqa: E402
 from vdp.stage1 import (  # noqa: E402
@@ -30,6 +31,7 @@ from vdp.stage1 import (  # noqa: E402
     TarResult,
     TarUnit,
     WorkItem,
+    fetch_ahead,
     finished_errors,
     init_worker,
     is_done,
@@ -199,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.executor == "ray":
         written = run_on_ray(args, options, todo, items, bar)
     else:
-        results = map_ordered(pack_record, items, args.workers, args.timeout, init_worker, (options,))
+        ahead = prefetched(items, fetch_ahead, lookahead=4 * args.workers, threads=8)
+        results = map_ordered(pack_record, ahead, args.workers, args.timeout, init_worker, (options,))
         written = list(write_planned_tars(args.save_path, todo, items, results, (lambda ok: bar.update(1)) if bar else None))
     if bar:
         bar.close()

@@ -18,6 +18,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
+_END = object()
+
 
 @dataclass(frozen=True)
 class WorkFailure:
@@ -96,40 +98,46 @@ def map_ordered(
     `fn` and the items must pickle; expected per-item failures are `fn`'s own business (it
     returns them), so anything `fn` raises is a bug and is raised here.
     """
-    items = list(items)
+    source = iter(items)  # pulled lazily: items may be fetched ahead by a generator upstream
     window = max(2, 2 * workers)
     grace = timeout + 10  # the alarm fires first; this catches what it cannot
     results: dict[int, object] = {}
+    held: dict[int, object] = {}  # the items in flight, by index, for a retry after a crash
     inflight: dict = {}
     next_submit = next_yield = 0
+    exhausted = False
     pool = _new_pool(workers, initializer, initargs)
     try:
-        while next_yield < len(items):
-            while next_submit < len(items) and len(inflight) < window:
-                fut = pool.submit(call_with_alarm, fn, items[next_submit], timeout)
-                inflight[fut] = next_submit
+        while True:
+            while not exhausted and len(inflight) < window:
+                item = next(source, _END)
+                if item is _END:
+                    exhausted = True
+                    break
+                held[next_submit] = item
+                inflight[pool.submit(call_with_alarm, fn, item, timeout)] = next_submit
                 next_submit += 1
             while next_yield in results:
                 yield results.pop(next_yield)
                 next_yield += 1
+            if exhausted and next_yield == next_submit:
+                return
             if not inflight:
                 continue
             done, _ = wait(inflight, timeout=grace, return_when=FIRST_COMPLETED)
             broken = not done
             for fut in done:
                 try:
-                    results[inflight[fut]] = fut.result()
-                    del inflight[fut]
+                    index = inflight[fut]
+                    results[index] = fut.result()
+                    del inflight[fut], held[index]
                 except BrokenProcessPool:
                     broken = True
             if broken:
                 _kill(pool)
-                for idx in sorted(inflight.values()):
-                    results[idx] = _run_alone(fn, items[idx], timeout, initializer, initargs)
+                for index in sorted(inflight.values()):
+                    results[index] = _run_alone(fn, held.pop(index), timeout, initializer, initargs)
                 inflight.clear()
                 pool = _new_pool(workers, initializer, initargs)
-            while next_yield in results:
-                yield results.pop(next_yield)
-                next_yield += 1
     finally:
         _kill(pool)

@@ -7,6 +7,8 @@ tar (plus its errors sidecar) atomically, skipping tars a previous run finished.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -43,6 +45,26 @@ class WorkItem:
     index: int
     entry: Record | BadRow
     path: str  # the video path resolved for opening ("" for a bad row)
+    data: bytes | None = None  # the file's bytes when fetched ahead (object storage)
+
+
+PREFETCH_LIMIT = 64 * 1024 * 1024  # larger objects are streamed by the worker instead
+
+
+def fetch_ahead(item: WorkItem) -> WorkItem:
+    """The item with its video's bytes, for a remote video under PREFETCH_LIMIT.
+
+    Any failure leaves the item as it was: the worker meets it again and reports it.
+    """
+    if isinstance(item.entry, BadRow) or not storage.is_remote(item.path):
+        return item
+    try:
+        found = storage.stat(item.path)
+        if found is None or found[0] != "file" or not 0 < found[1] <= PREFETCH_LIMIT:
+            return item
+        return dataclasses.replace(item, data=storage.read_bytes(item.path))
+    except Exception:  # noqa: BLE001 - the worker's own attempt reports the reason
+        return item
 
 
 @dataclass(frozen=True)
@@ -115,9 +137,9 @@ def _encode_json(doc: dict) -> bytes:
 
 def _build_sample(item: WorkItem, options: PackOptions) -> list[tuple[str, bytes]]:
     record, key = item.entry, sample_key(item.index)
-    size = _check_file(item.path)
+    size = len(item.data) if item.data is not None else _check_file(item.path)
     if options.type == "video-only":
-        data = storage.read_bytes(item.path)
+        data = item.data if item.data is not None else storage.read_bytes(item.path)
         meta = scan_video(data)
         ext = os.path.splitext(item.path)[1].lstrip(".").lower() or "mp4"
         return [(f"{key}.json", _encode_json(_base_json(record, meta))), (f"{key}.{ext}", data)]
@@ -128,8 +150,14 @@ def _build_sample(item: WorkItem, options: PackOptions) -> list[tuple[str, bytes
     if options.backend == "decord":
         decoded = decode_chosen_decord(item.path, choose, span=span, max_side=options.max_side)
     else:
-        # PyAV reads local files itself (fastest); objects come as file objects, never staged on disk
-        source = storage.open_read(item.path, known_size=size) if storage.is_remote(item.path) else item.path
+        # PyAV reads local files itself (fastest); objects come as bytes fetched ahead or as
+        # file objects, never staged on disk
+        if item.data is not None:
+            source = io.BytesIO(item.data)
+        elif storage.is_remote(item.path):
+            source = storage.open_read(item.path, known_size=size)
+        else:
+            source = item.path
         decoded = decode_chosen(
             source, choose, span, options.max_side, options.decode_threads, needs_types=sampler.needs_types
         )
