@@ -253,6 +253,7 @@ class TarUnit:
 
 def pack_tar(unit: TarUnit) -> TarResult:
     """Pack one tar start to end in this process: the same records, order and bytes as the pool."""
+    cv2.setNumThreads(1)  # a Ray worker is a fresh process, not a fork: this is safe here
     init_worker(unit.options)
     storage.configure(unit.s3_endpoint)
     results = (call_with_alarm(pack_record, item, unit.timeout) for item in unit.items)
