@@ -10,7 +10,9 @@ frame's I/P type for kf), video-only bytes open as a video. Stage-2 shards: ever
 index/main.py with full JPEG decodes, plus each packed sample's first and last token windows
 decoded back to text (needs --tokenizer). With --dump N, N samples chosen by a fixed hash of
 their names (the same on every run) are written to OUT/samples/ with OUT/report.html. Errors go
-to OUT/NAME.errors.jsonl. Exit 0 when everything is sound, 1 when something was bad, 2 on bad usage.
+to OUT/NAME.errors.jsonl. --dataset_path, --out and --tokenizer may be s3:// or oss:// URLs;
+--executor ray scans each tar as a Ray task. Exit 0 when everything is sound, 1 when something
+was bad, 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from vdp import storage  # noqa: E402
 from vdp.errors import EXIT_USAGE, UsageError  # noqa: E402
 from vdp.report import write_report  # noqa: E402
 from vdp.scan import ScanOptions, merge_picks  # noqa: E402
-from vdp.stage3 import add_common_flags, check_options, find_tars, finish, run_scan  # noqa: E402
+from vdp.stage3 import add_common_flags, check_options, executor_of, find_tars, finish, run_scan  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,7 +40,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--dump", type=int, default=0, metavar="N", help="write N samples and report.html to --out (default 0)"
     )
-    p.add_argument("--out", help="folder for NAME.errors.jsonl, samples/ and report.html (default check_NAME)")
+    p.add_argument(
+        "--out",
+        help="folder (or s3:// / oss:// prefix) for NAME.errors.jsonl, samples/ and report.html (default check_NAME)",
+    )
     p.add_argument("--window", type=int, default=48, help="tokens decoded at each end of a packed sample (default 48)")
     args = p.parse_args(argv)
     args.out = args.out or f"check_{args.dataset_name}"
@@ -46,6 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    storage.configure(args.s3_endpoint)
     try:
         tars = find_tars(args.dataset_path)
         if args.dump < 0 or args.window < 1:
@@ -54,20 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    os.makedirs(args.out, exist_ok=True)
+    storage.makedirs(args.out)
+    extra: tuple = ()  # (make_extra, its args): the decoder is built where the scan runs
     if args.tokenizer:
         from vdp.textwin import make_window_check
 
-        run = run_scan(tars, options, args.workers, args.timeout, make_window_check, (args.tokenizer, args.window))
-    else:
-        run = run_scan(tars, options, args.workers, args.timeout)
+        extra = (make_window_check, (args.tokenizer, args.window))
+    run = run_scan(tars, options, args.workers, args.timeout, *extra, executor=executor_of(args))
     if not args.tokenizer and any(s.tokens for s in run.scans):
         print("note: token windows not decoded: stage-2 samples found but no --tokenizer given", file=sys.stderr)
     if args.dump:
         picks = merge_picks(run.scans, args.dump)
         path = write_report(args.out, f"check_pair: {args.dataset_name}", run.totals(), dict(run.reasons()), picks)
         print(f"report: {path} ({len(picks)} samples)", file=sys.stderr)
-    return finish(run, "check_pair", os.path.join(args.out, f"{args.dataset_name}.errors.jsonl"))
+    return finish(run, "check_pair", storage.join(args.out, f"{args.dataset_name}.errors.jsonl"))
 
 
 if __name__ == "__main__":

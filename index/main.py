@@ -4,10 +4,14 @@ Examples (from the repo root):
   python index/main.py --dataset_path out/0-100 --dataset_name llava_kf --output index/ --workers 8
   python index/main.py --dataset_path out/0-100 --dataset_name llava_kf --output index/ --workers 8 \\
       --energon --url_prefix s3://bucket/llava_kf/0-100
+  # tars and indexes on object storage, every tar a Ray task on a running cluster
+  python index/main.py --dataset_path s3://bucket/llava_kf/0-100 --dataset_name llava_kf \\
+      --output s3://bucket/index --energon --executor ray --ray_address auto
 
 Writes OUT/NAME.pkl (the seed's Megatron index), OUT/NAME.wids.json, OUT/NAME.errors.jsonl and,
-with --energon, energon's metadata inside the dataset folder. Exit 0 when every tar and sample
-is sound, 1 when something was bad (the rest is still indexed), 2 on bad usage.
+with --energon, energon's metadata inside the dataset folder (next to the tars in the bucket
+for an s3:// or oss:// dataset, whose indexes then list the tars' URLs). Exit 0 when every tar
+and sample is sound, 1 when something was bad (the rest is still indexed), 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from vdp import storage  # noqa: E402
 from vdp.errors import EXIT_USAGE, UsageError  # noqa: E402
 from vdp.indexfmt import (  # noqa: E402
     default_url,
@@ -29,7 +34,7 @@ from vdp.indexfmt import (  # noqa: E402
     write_megatron_pkl,
 )
 from vdp.scan import ScanOptions  # noqa: E402
-from vdp.stage3 import add_common_flags, check_options, find_tars, finish, run_scan  # noqa: E402
+from vdp.stage3 import add_common_flags, check_options, executor_of, find_tars, finish, run_scan  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,7 +44,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common_flags(p)
-    p.add_argument("--output", required=True, help="folder for NAME.pkl, NAME.wids.json, NAME.errors.jsonl")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="folder (or s3:// / oss:// prefix) for NAME.pkl, NAME.wids.json, NAME.errors.jsonl",
+    )
     p.add_argument(
         "--energon",
         action="store_true",
@@ -55,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def write_indexes(args: argparse.Namespace, scans) -> None:
     url_of = prefixed_url(args.url_prefix) if args.url_prefix else default_url
-    base = os.path.join(args.output, args.dataset_name)
+    base = storage.join(args.output, args.dataset_name)
     write_megatron_pkl(base + ".pkl", megatron_entries(scans, url_of))
     wids = wids_index(args.dataset_name, scans, url_of)
     write_json(base + ".wids.json", wids)
@@ -67,21 +76,22 @@ def write_indexes(args: argparse.Namespace, scans) -> None:
         )
     if args.energon:
         listed = write_energon(args.dataset_path, scans)
-        print(f"energon: {listed} shards indexed in {os.path.join(args.dataset_path, '.nv-meta')}", file=sys.stderr)
+        print(f"energon: {listed} shards indexed in {storage.join(args.dataset_path, '.nv-meta')}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    storage.configure(args.s3_endpoint)
     try:
         tars = find_tars(args.dataset_path)
         options = ScanOptions(check_options(args, deep=args.deep), root=args.dataset_path)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    os.makedirs(args.output, exist_ok=True)
-    run = run_scan(tars, options, args.workers, args.timeout)
+    storage.makedirs(args.output)
+    run = run_scan(tars, options, args.workers, args.timeout, executor=executor_of(args))
     write_indexes(args, run.scans)
-    return finish(run, "index", os.path.join(args.output, f"{args.dataset_name}.errors.jsonl"))
+    return finish(run, "index", storage.join(args.output, f"{args.dataset_name}.errors.jsonl"))
 
 
 if __name__ == "__main__":

@@ -183,9 +183,37 @@ def write_tar(path: str, samples: list[Members]) -> str:
     return path
 
 
+def tree_files(folder: str) -> dict[str, bytes]:
+    """Relative path -> bytes of every file below `folder`."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = f.read()
+    return out
+
+
+def energon_meta(files: dict[str, bytes]) -> dict[str, bytes]:
+    """The files of a dataset folder that energon's metadata consists of (.nv-meta/, *.tar.idx)."""
+    return {n: b for n, b in files.items() if n.endswith(".tar.idx") or n.startswith(".nv-meta/")}
+
+
 def truncate(path: str, keep: int) -> None:
     with open(path, "r+b") as f:
         f.truncate(keep)
+
+
+def write_tokenized_dataset(folder: str, model: str, patches: int) -> None:
+    """0.tar: three samples encoded with `model`; 1.tar: one sample whose ids are not the model's."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=model)
+    v = sp.get_piece_size()
+    kw = dict(patches=patches, encode=sp.encode, image_ids=(v, v + 1, v + 2))
+    parts = [("a cat runs on the grass", 2), ("a red car", 1)]
+    write_tar(f"{folder}/0.tar", [sequence_sample(f"000000-{j:06d}", parts, **kw) for j in range(3)])
+    write_tar(f"{folder}/1.tar", [sequence_sample("000001-000000", [("a dog", 1)], patches=patches)])
 
 
 def train_sentencepiece(prefix: str, vocab_size: int = 300) -> str:

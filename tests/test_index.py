@@ -30,6 +30,11 @@ from tests.index_fixtures import (
     video_sample,
     write_tar,
 )
+from vdp import stage3
+from vdp.indexfmt import energon_files, megatron_entries, wids_index
+from vdp.pool import WorkFailure
+from vdp.scan import ScanOptions
+from vdp.validate import CheckOptions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "index", "main.py")
@@ -125,11 +130,9 @@ def broken_samples(tar: str) -> list:
     return samples
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> str:
+def write_defect_dataset(root: str) -> str:
     """a.tar clean (json ids), c.tar clean (npy ids), b.tar and s1.tar with broken samples among sound ones,
     t.tar truncated, h.tar with a damaged header, v/s1v.tar clean stage-1 un + video-only."""
-    root = str(tmp_path_factory.mktemp("stage2"))
     write_tar(f"{root}/a.tar", [seq(f"000000-{j:06d}") for j in range(4)])
     b = broken_samples("b.tar")
     write_tar(f"{root}/b.tar", [seq("000001-000000")] + b + [seq("000001-000099")])
@@ -142,6 +145,11 @@ def dataset(tmp_path_factory) -> str:
     _damage_last_header(f"{root}/h.tar")
     write_tar(f"{root}/v/s1v.tar", [frames_sample("000000000", 3), video_sample("000000001", tiny_video())])
     return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> str:
+    return write_defect_dataset(str(tmp_path_factory.mktemp("stage2")))
 
 
 def _damage_last_header(path: str) -> None:
@@ -420,3 +428,45 @@ def test_real_stage1_and_stage2_output_passes_every_check(tmp_path, sample_type,
         assert "bad_samples=0," in res.stdout and ("samples=8, valid=8," in res.stdout if folder == src else True)
         pair = check_pair(folder, str(tmp_path / "chk"), "--tokenizer", model, "--max_len", "600", "--dump", "2")
         assert pair.returncode == 0, pair.stdout + pair.stderr
+
+
+def test_a_failed_ray_task_is_scanned_again_locally(dataset, monkeypatch):
+    """ray_map_units is replaced by an in-process stand-in whose task for one tar crashes: that tar
+    is scanned again in the local pool, and every output is the pool run's."""
+    redone = []
+    real_in_pool = stage3._in_pool
+
+    def ray_stand_in(fn, units, workers, address, deadline):
+        for index, unit in reversed(list(enumerate(units))):  # out of order, as Ray finishes them
+            yield index, WorkFailure("crash: ray task failed: WorkerCrashedError") if index == 1 else fn(unit)
+
+    def in_pool(tars, job, workers):
+        redone.extend(tars)
+        return real_in_pool(tars, job, workers)
+
+    monkeypatch.setattr(stage3, "ray_map_units", ray_stand_in)
+    monkeypatch.setattr(stage3, "_in_pool", in_pool)
+    tars = stage3.find_tars(dataset)
+    options = ScanOptions(CheckOptions(patches=PATCHES, max_len=120), root=dataset)
+    on_ray = stage3.run_scan(tars, options, 2, 60, executor=stage3.Executor("ray"))
+    assert redone == [tars[1]]
+    pool = stage3.run_scan(tars, options, 2, 60)
+    assert [s.path for s in on_ray.scans] == tars
+    assert on_ray.errors == pool.errors
+    assert megatron_entries(on_ray.scans) == megatron_entries(pool.scans)
+    assert wids_index("ds", on_ray.scans) == wids_index("ds", pool.scans)
+    assert energon_files(on_ray.scans) == energon_files(pool.scans)
+
+
+def test_slurm_index_runs_one_job_with_its_cpus_as_workers(tmp_path):
+    write_tar(f"{tmp_path}/d/0.tar", [seq("000000-000000")])
+    script = os.path.join(ROOT, "scripts", "slurm_index.sbatch")
+    flags = ["--dataset_path", f"{tmp_path}/d", "--dataset_name", "ds", "--output", f"{tmp_path}/o", "--patches", "4"]
+    env = {**os.environ, "SLURM_SUBMIT_DIR": ROOT, "SLURM_CPUS_PER_TASK": "2"}
+    res = subprocess.run(["bash", script, *flags], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert os.path.exists(f"{tmp_path}/o/ds.pkl") and "tars=1," in res.stdout
+    array = subprocess.run(
+        ["bash", script, *flags], capture_output=True, text=True, env={**env, "SLURM_ARRAY_TASK_ID": "3"}
+    )
+    assert array.returncode == 2 and "not an array" in array.stderr

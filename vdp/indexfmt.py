@@ -8,7 +8,8 @@ Which tars each index lists follows from how its loader reads them:
 - energon: `.tar.idx` holds each sample's byte offset and the tar's end, `shard_counts` the true
   counts, and bad samples are listed in split.yaml's `exclude` as `shard/key`, which energon's
   reader skips; tars that do not read to their end are left out.
-Every file is written atomically, so a reader never sees half an index.
+Every file is written atomically, so a reader never sees half an index. Any of them may go to
+s3:// or oss:// (vdp.storage); a remote dataset's tars are listed under their own URLs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import yaml
 
+from vdp import storage
 from vdp.scan import TarScan
 from vdp.tario import write_bytes_atomically
 
@@ -29,7 +31,8 @@ ENERGON_DIR = ".nv-meta"  # energon's metadata folder inside the dataset folder
 
 
 def default_url(scan: TarScan) -> str:
-    return os.path.abspath(scan.path)
+    """Where the tar was scanned: its absolute path, or its s3:// / oss:// URL."""
+    return scan.path if storage.is_remote(scan.path) else os.path.abspath(scan.path)
 
 
 def prefixed_url(prefix: str) -> Callable[[TarScan], str]:
@@ -78,8 +81,9 @@ def energon_files(scans: list[TarScan]) -> dict[str, bytes]:
 
 
 def write_energon(root: str, scans: list[TarScan]) -> int:
-    """Write energon's metadata into the dataset folder; returns the number of shards listed."""
+    """Write energon's metadata into the dataset folder (or next to the tars in the bucket);
+    returns the number of shards listed."""
     files = energon_files(scans)
     for rel, data in files.items():
-        write_bytes_atomically(os.path.join(root, rel), data)
+        write_bytes_atomically(storage.join(root, rel), data)
     return sum(1 for rel in files if rel.endswith(".tar.idx"))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from vdp import storage
 from vdp.scan import Pick
 from vdp.tario import write_bytes_atomically
 from vdp.validate import VIDEO_EXTS
@@ -100,7 +101,7 @@ def _text_of(pick: Pick, doc: dict) -> str:
 def dump_pick(pick: Pick, number: int, out_dir: str) -> Dumped:
     """Write one sample's members under out_dir/samples/NNN_key/ and describe it for the report."""
     folder = os.path.join("samples", f"{number:03d}_{pick.key}".replace(os.sep, "_"))
-    os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
+    storage.makedirs(storage.join(out_dir, folder))
     doc = _doc(pick)
     kind = pick.facts.kind if pick.facts else "bad"
     text = _text_of(pick, doc)
@@ -109,15 +110,15 @@ def dump_pick(pick: Pick, number: int, out_dir: str) -> Dumped:
     for name, label in zip(names, _frame_labels(pick, doc, names)):
         rel = os.path.join(folder, f"{name}.jpg")
         data = pick.members[f"{name}.jpg"]
-        write_bytes_atomically(os.path.join(out_dir, rel), data)
+        write_bytes_atomically(storage.join(out_dir, rel), data)
         dumped.frames.append(Frame(rel, thumbnail(data), label))
     for ext, data in pick.members.items():
         if ext.lower() in VIDEO_EXTS:
             dumped.video = os.path.join(folder, f"video.{ext}")
-            write_bytes_atomically(os.path.join(out_dir, dumped.video), data)
+            write_bytes_atomically(storage.join(out_dir, dumped.video), data)
     if "json" in pick.members:
-        write_bytes_atomically(os.path.join(out_dir, folder, "sample.json"), pick.members["json"])
-    write_bytes_atomically(os.path.join(out_dir, folder, "text.txt"), text.encode() + b"\n")
+        write_bytes_atomically(storage.join(out_dir, folder, "sample.json"), pick.members["json"])
+    write_bytes_atomically(storage.join(out_dir, folder, "text.txt"), text.encode() + b"\n")
     return dumped
 
 
@@ -179,8 +180,8 @@ def render_report(title: str, totals: dict, reasons: dict, dumped: list[Dumped])
 
 
 def write_report(out_dir: str, title: str, totals: dict, reasons: dict, picks: list[Pick]) -> str:
-    """Dump the picks and write out_dir/report.html; returns the report's path."""
+    """Dump the picks and write out_dir/report.html (a folder or an s3:// / oss:// prefix); returns its path."""
     dumped = [dump_pick(p, n, out_dir) for n, p in enumerate(picks)]
-    path = os.path.join(out_dir, "report.html")
+    path = storage.join(out_dir, "report.html")
     write_bytes_atomically(path, render_report(title, totals, reasons, dumped).encode())
     return path

@@ -1,9 +1,11 @@
 """Stage 3 core: scan one tar, check every sample, and return what the indexes and the report need.
 
 `scan_tar` runs in the worker processes (one tar per call) and never raises for bad data:
-tar-level damage and bad samples become error rows. What comes back is small: counts, error
-rows, each sample's byte offset (for energon's `.tar.idx`), and, when a dump is asked for, the
-few samples of this tar that rank first by a hash of their name, with their members.
+tar-level damage, bad samples and an object store's permanent faults become error rows. A tar
+on s3:// or oss:// is read once, as a stream (vdp.storage: in memory below 64 MB, ranged
+read-ahead above), never copied to disk. What comes back is small: counts, error rows, each
+sample's byte offset (for energon's `.tar.idx`), and, when a dump is asked for, the few
+samples of this tar that rank first by a hash of their name, with their members.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import heapq
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from vdp import storage
 from vdp.errors import RecordError, error_entry
 from vdp.shards import Sample
 from vdp.tario import TarReadError, iter_tar_entries, split_member_name
@@ -68,6 +72,13 @@ def error_row(tar: str, key: str, reason: str) -> dict:
     return {"tar": entry["source"], "key": entry["key"], "reason": entry["reason"]}
 
 
+def shard_name(path: str, root: str) -> str:
+    """A tar's path relative to the dataset folder (local or remote): energon's shard name."""
+    if storage.is_remote(path):
+        return path[len(root.rstrip("/")) + 1 :]
+    return os.path.relpath(path, root)
+
+
 def rank_of(tar_name: str, key: str) -> bytes:
     """A fixed pseudo-random rank: the dump takes the lowest, so it is the same on every run."""
     return hashlib.blake2b(f"{tar_name}/{key}".encode(), digest_size=8).digest()
@@ -90,6 +101,70 @@ class Placed:
 class TarDamage:
     reason: str
     dropped: str  # key of the sample the damage cut short ("" if none)
+
+
+class ReadFault(Exception):
+    """A remote read that failed after every retry: the store or the network is at fault, not the tar's bytes."""
+
+
+def _as_fault(e: Exception) -> ReadFault | None:
+    """The ReadFault an object store's exception stands for; None for anything else (a bug)."""
+    if isinstance(e, OSError) or storage.is_transient(e):
+        return ReadFault(f"{type(e).__name__}: {e}")
+    return None
+
+
+class _RemoteStream:
+    """A remote tar's file object whose read faults surface as ReadFault.
+
+    Without it the tar reader would take a network OSError for a corrupt tar (and a botocore
+    error would escape it altogether): the user would be told to rebuild a sound tar rather
+    than to rerun.
+    """
+
+    def __init__(self, f):
+        self._f = f
+
+    def _call(self, method: str, *args):
+        try:
+            return getattr(self._f, method)(*args)
+        except Exception as e:
+            fault = _as_fault(e)
+            if fault is None:
+                raise
+            raise fault from e
+
+    def read(self, n: int = -1) -> bytes:
+        return self._call("read", n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._call("seek", offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seekable(self) -> bool:
+        return self._f.seekable()
+
+
+@contextmanager
+def open_tar(path: str, scan: TarScan) -> Iterator:
+    """The tar as a file object, and its size set on `scan`: a plain file locally, a stream remotely."""
+    if not storage.is_remote(path):
+        scan.size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            yield f
+        return
+    try:
+        scan.size = storage.size(path)
+        f = storage.open_read(path, known_size=scan.size)
+    except Exception as e:
+        fault = _as_fault(e)
+        if fault is None:
+            raise
+        raise fault from e
+    with f:
+        yield _RemoteStream(f)
 
 
 def iter_placed(f, damage: list[TarDamage]) -> Iterator[Placed]:
@@ -116,6 +191,9 @@ def iter_placed(f, damage: list[TarDamage]) -> Iterator[Placed]:
             TarDamage(f"{e.reason} (after {e.members_read} readable members)", current.sample.key if current else "")
         )
         return
+    except ReadFault as e:
+        damage.append(TarDamage(f"unreadable tar: {e}", current.sample.key if current else ""))
+        return
     if current is not None:
         yield current
 
@@ -127,19 +205,18 @@ ExtraCheck = Callable[[SampleFacts], list]
 def scan_tar(path: str, opts: ScanOptions, extra: ExtraCheck | None = None) -> TarScan:
     """Check every sample of one tar; everything wrong becomes an error row, nothing raises."""
     clock = time.perf_counter()
-    scan = TarScan(path, os.path.relpath(path, opts.root))
+    scan = TarScan(path, shard_name(path, opts.root))
     damage: list[TarDamage] = []
     heap: list[tuple[bytes, int, Pick]] = []  # the picks kept, highest rank on top
     end = 0
     try:
-        scan.size = os.path.getsize(path)
-        with open(path, "rb") as f:
+        with open_tar(path, scan) as f:
             for placed in iter_placed(f, damage):
                 scan.offsets.append(placed.start)
                 end = placed.end
                 _record(scan, placed.sample, opts, extra, heap)
-    except OSError as e:
-        damage.append(TarDamage(f"unreadable tar: {e.strerror or e}", ""))
+    except (OSError, ReadFault) as e:
+        damage.append(TarDamage(f"unreadable tar: {getattr(e, 'strerror', None) or e}", ""))
     scan.offsets.append(end)  # energon's index ends with the end of the last sample
     for d in damage:
         scan.broken = True

@@ -1,7 +1,8 @@
 """Stage 3 run shared by index/main.py and index/check_pair.py: flags, the parallel scan, the summary.
 
-The scan is one `scan_tar` per tar in the worker pool, results in sorted tar order, so the
-errors file, the indexes and the dump are the same for any number of workers.
+The scan is one `scan_tar` per tar, in the worker pool or as Ray tasks, results in sorted tar
+order, so the errors file, the indexes and the dump are the same for any number of workers and
+either executor. Tars may be local or on s3:// / oss:// (vdp.storage).
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ import argparse
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from vdp import storage
 from vdp.errors import UsageError, reason_counts, write_errors_file
-from vdp.pool import WorkFailure, map_ordered
+from vdp.localcopy import local_copy
+from vdp.pool import WorkFailure, call_with_alarm, map_ordered
 from vdp.progress import Stopwatch, print_summary, progress_bar
-from vdp.scan import ScanOptions, TarScan, error_row, scan_tar
+from vdp.ray_executor import ray_map_units
+from vdp.scan import ExtraCheck, ScanOptions, TarScan, error_row, scan_tar, shard_name
 from vdp.shards import list_tars
 from vdp.validate import CheckOptions, ImageTokenIds
 
@@ -35,8 +40,19 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vocab_size", type=int, default=32000, help="image token ids are vocab_size, +1, +2 (default 32000: LLaMA-2)"
     )
-    p.add_argument("--tokenizer", help="SentencePiece .model or Hugging Face folder: takes the image token ids from it")
+    p.add_argument(
+        "--tokenizer",
+        help="SentencePiece .model or Hugging Face folder (local, s3:// or oss://): takes the image token ids from it",
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds one tar may take before it counts as failed")
+    p.add_argument(
+        "--executor",
+        default="pool",
+        choices=["pool", "ray"],
+        help="pool: worker processes on this machine; ray: one Ray task per tar (local or --ray_address)",
+    )
+    p.add_argument("--ray_address", help="Ray cluster to join, e.g. auto or HEAD:6379 (default: start a local Ray)")
+    p.add_argument("--s3_endpoint", help="S3-compatible endpoint URL (TOS, MinIO, Ceph); else the AWS config decides")
 
 
 def image_ids(args: argparse.Namespace) -> ImageTokenIds:
@@ -46,19 +62,32 @@ def image_ids(args: argparse.Namespace) -> ImageTokenIds:
     from vdp.tokens import IMAGE_END, IMAGE_PATCH, IMAGE_START, TokenizerLoadError, load_tokenizer
 
     try:
-        sp = load_tokenizer(args.tokenizer).specials
+        sp = load_tokenizer(local_copy(args.tokenizer)).specials
     except TokenizerLoadError as e:
         raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"tokenizer not found: {args.tokenizer} ({e})") from None
     return ImageTokenIds(sp[IMAGE_PATCH], sp[IMAGE_START], sp[IMAGE_END])
 
 
 def find_tars(dataset_path: str) -> list[str]:
-    if not os.path.isdir(dataset_path):
+    """Every tar under the dataset folder or prefix, sorted."""
+    if storage.is_remote(dataset_path):
+        tars = _list_remote_tars(dataset_path)
+    elif not os.path.isdir(dataset_path):
         raise UsageError(f"--dataset_path is not a folder: {dataset_path}")
-    tars = list_tars(dataset_path)
+    else:
+        tars = list_tars(dataset_path)
     if not tars:
         raise UsageError(f"no .tar files under {dataset_path}")
     return tars
+
+
+def _list_remote_tars(prefix: str) -> list[str]:
+    try:
+        return storage.list_files(prefix, ".tar")
+    except Exception as e:  # a bucket, credential or endpoint problem: the user's to fix
+        raise UsageError(f"cannot list {prefix}: {type(e).__name__}: {e}") from None
 
 
 def check_options(args: argparse.Namespace, deep: bool) -> CheckOptions:
@@ -69,29 +98,133 @@ def check_options(args: argparse.Namespace, deep: bool) -> CheckOptions:
 
 # --- the parallel scan --------------------------------------------------------------------------
 
-_OPTIONS: ScanOptions | None = None
-_EXTRA = None
+
+@dataclass(frozen=True)
+class Executor:
+    """Where the tars are scanned: `pool` (worker processes here) or `ray` (tasks, local Ray or a cluster)."""
+
+    kind: str = "pool"
+    ray_address: str | None = None
+    s3_endpoint: str | None = None  # Ray tasks configure their own storage; pool workers inherit the parent's
 
 
-def init_worker(options: ScanOptions, make_extra=None, extra_args: tuple = ()) -> None:
-    """Pool initializer: options once per worker, and check_pair's decoder built there (it does not pickle).
+def executor_of(args: argparse.Namespace) -> Executor:
+    return Executor(args.executor, args.ray_address, args.s3_endpoint)
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """What each tar's scan needs besides its path; pickles to pool workers and Ray tasks alike."""
+
+    options: ScanOptions
+    timeout: float
+    make_extra: Callable[..., ExtraCheck] | None = None  # builds check_pair's decoder where the scan runs
+    extra_args: tuple = ()
+
+
+@dataclass(frozen=True)
+class ScanUnit:
+    """One tar for a Ray task, with everything needed to scan it on any node."""
+
+    path: str
+    job: ScanJob
+    s3_endpoint: str | None = None
+
+
+_JOB: ScanJob | None = None
+_EXTRAS: dict = {}  # (make_extra, extra_args) -> the extra check, built once per process
+
+
+def _extra(job: ScanJob) -> ExtraCheck | None:
+    """check_pair's extra check, built once per process: a tokenizer does not pickle, and a Ray
+    worker process runs many tasks."""
+    if job.make_extra is None:
+        return None
+    key = (job.make_extra, job.extra_args)
+    if key not in _EXTRAS:
+        _EXTRAS[key] = job.make_extra(*job.extra_args)
+    return _EXTRAS[key]
+
+
+def init_worker(job: ScanJob) -> None:
+    """Pool initializer: the job once per worker, and check_pair's decoder built there.
 
     OpenCV's thread count is deliberately not touched here: in a child forked after the parent
     ran OpenCV, cv2.setNumThreads waits forever on the parent's (absent) thread pool.
     """
-    global _OPTIONS, _EXTRA
-    _OPTIONS = options
-    _EXTRA = make_extra(*extra_args) if make_extra else None
+    global _JOB
+    _JOB = job
+    _extra(job)
 
 
 def _scan_in_worker(path: str) -> TarScan:
-    return scan_tar(path, _OPTIONS, _EXTRA)
+    return scan_tar(path, _JOB.options, _extra(_JOB))
 
 
-def _failed(path: str, root: str, failure: WorkFailure) -> TarScan:
-    scan = TarScan(path, os.path.relpath(path, root), size=os.path.getsize(path), broken=True)
-    scan.errors.append(error_row(path, "", failure.reason))
+def scan_unit(unit: ScanUnit) -> TarScan:
+    """A Ray task: the pool worker's code for one tar under the same alarm, so the same TarScan."""
+    storage.configure(unit.s3_endpoint)
+    job = unit.job
+    result = call_with_alarm(lambda path: scan_tar(path, job.options, _extra(job)), unit.path, job.timeout)
+    return _as_scan(unit.path, job.options.root, result)
+
+
+def _size_or_zero(path: str) -> int:
+    try:
+        return storage.size(path)
+    except Exception:  # the size only feeds the MB total of a tar already reported as failed
+        return 0
+
+
+def _as_scan(path: str, root: str, result: TarScan | WorkFailure) -> TarScan:
+    """A worker's result, or a broken-tar scan carrying the reason its worker hung or died."""
+    if not isinstance(result, WorkFailure):
+        return result
+    scan = TarScan(path, shard_name(path, root), size=_size_or_zero(path), broken=True)
+    scan.errors.append(error_row(path, "", result.reason))
     return scan
+
+
+def _in_pool(tars: list[str], job: ScanJob, workers: int) -> Iterator[TarScan | WorkFailure]:
+    return map_ordered(_scan_in_worker, tars, workers, job.timeout, initializer=init_worker, initargs=(job,))
+
+
+def _on_ray(tars: list[str], job: ScanJob, workers: int, executor: Executor, done: Callable) -> list[TarScan]:
+    """One Ray task per tar; a tar whose task failed (crash, lost node, deadline) is scanned again here."""
+    units = [ScanUnit(path, job, executor.s3_endpoint) for path in tars]
+    scans: list = [None] * len(tars)
+    failed: list[int] = []
+    # The task's own alarm ends a slow scan at the timeout; the deadline catches a hang the alarm cannot.
+    tasks = ray_map_units(scan_unit, units, workers, executor.ray_address, deadline=lambda u: u.job.timeout + 60)
+    for index, result in tasks:
+        if isinstance(result, WorkFailure):
+            failed.append(index)
+        else:
+            scans[index] = done(result)
+    if failed:
+        failed.sort()
+        again = _in_pool([tars[i] for i in failed], job, workers)
+        for index, result in zip(failed, again):
+            scans[index] = done(_as_scan(tars[index], job.options.root, result))
+    return scans
+
+
+class _Progress:
+    """The progress bar, with the scan's MB/s so far."""
+
+    def __init__(self, total: int, clock: Stopwatch):
+        self._bar = progress_bar(total, "tar", "scan")
+        self._clock = clock
+        self._bytes = 0
+
+    def done(self, scan: TarScan) -> TarScan:
+        self._bytes += scan.size
+        self._bar.set_postfix_str(f"{self._bytes / 1e6 / max(self._clock.seconds, 1e-9):.0f} MB/s", refresh=False)
+        self._bar.update(1)
+        return scan
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 @dataclass
@@ -130,22 +263,24 @@ class ScanRun:
 
 
 def run_scan(
-    tars: list[str], options: ScanOptions, workers: int, timeout: float, make_extra=None, extra_args: tuple = ()
+    tars: list[str],
+    options: ScanOptions,
+    workers: int,
+    timeout: float,
+    make_extra: Callable[..., ExtraCheck] | None = None,
+    extra_args: tuple = (),
+    executor: Executor = Executor(),
 ) -> ScanRun:
+    """Scan every tar; the scans come back in the order of `tars`, whatever the executor."""
     clock = Stopwatch()
-    scans: list[TarScan] = []
-    bar = progress_bar(len(tars), "tar", "scan")
-    results = map_ordered(
-        _scan_in_worker, tars, workers, timeout, initializer=init_worker, initargs=(options, make_extra, extra_args)
-    )
-    done_bytes = 0
-    for path, result in zip(tars, results):
-        scan = _failed(path, options.root, result) if isinstance(result, WorkFailure) else result
-        scans.append(scan)
-        done_bytes += scan.size
-        bar.set_postfix_str(f"{done_bytes / 1e6 / max(clock.seconds, 1e-9):.0f} MB/s", refresh=False)
-        bar.update(1)
-    bar.close()
+    job = ScanJob(options, timeout, make_extra, extra_args)
+    progress = _Progress(len(tars), clock)
+    if executor.kind == "ray":
+        scans = _on_ray(tars, job, workers, executor, progress.done)
+    else:
+        results = _in_pool(tars, job, workers)
+        scans = [progress.done(_as_scan(path, options.root, r)) for path, r in zip(tars, results)]
+    progress.close()
     return ScanRun(scans, clock.seconds)
 
 

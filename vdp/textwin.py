@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from vdp.errors import RecordError
+from vdp.localcopy import local_copy
 from vdp.tokens import IMAGE_PATCH, load_tokenizer
 from vdp.validate import SampleFacts
 
@@ -101,6 +102,10 @@ def text_windows(facts: SampleFacts, text: TokenText, window: int) -> list[dict]
 
 
 def make_window_check(tokenizer: str, window: int) -> Callable[[SampleFacts], list]:
-    """check_pair's extra per-sample check, built in each worker (a tokenizer does not pickle)."""
-    text = TokenText(tokenizer)
+    """check_pair's extra per-sample check, built in each worker (a tokenizer does not pickle).
+
+    A remote tokenizer is copied once per machine (vdp.localcopy): a Ray task on another node
+    fetches its own copy, a pool worker finds the parent's.
+    """
+    text = TokenText(local_copy(tokenizer))
     return lambda facts: text_windows(facts, text, window)

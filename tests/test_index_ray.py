@@ -1,0 +1,96 @@
+"""--executor ray for stage 3: the same indexes, energon metadata, errors and dump as the worker
+pool, byte for byte (local Ray)."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import pytest
+
+import index.check_pair as check_pair
+import index.main as index_main
+from tests.index_fixtures import energon_meta, train_sentencepiece, tree_files, write_tokenized_dataset
+from tests.s3_fixtures import S3_ENV, make_bucket, moto_server
+from tests.test_index import PATCHES, write_defect_dataset
+from tests.test_index_s3 import comparable, download_tree, upload_tree
+from vdp import stage3, storage
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray, started by the first stage-3 command, with S3 credentials in its workers' environment
+    (Ray forwards AWS_* variables when it starts)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in S3_ENV.items():
+            mp.setenv(k, v)
+        yield
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+@contextmanager
+def on_ray_only():
+    """Every tar must be scanned by a Ray task: the driver's local redo of a failed task is refused."""
+
+    def refuse(tars, job, workers):
+        raise AssertionError(f"Ray tasks failed and were redone locally: {tars}")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stage3, "_in_pool", refuse)
+        yield
+
+
+def energon_files(folder: str) -> dict[str, bytes]:
+    """Take energon's metadata out of the dataset folder, so the next run writes it afresh."""
+    found = energon_meta(tree_files(folder))
+    for name in found:
+        os.unlink(os.path.join(folder, name))
+    return found
+
+
+def test_ray_index_is_the_pools(tmp_path, ray_local):
+    dataset = write_defect_dataset(str(tmp_path / "d"))
+    flags = ["--dataset_path", dataset, "--dataset_name", "ds", "--patches", str(PATCHES), "--max_len", "120",
+             "--workers", "2", "--energon"]  # fmt: skip
+    assert index_main.main([*flags, "--output", str(tmp_path / "pool")]) == 1
+    pool_energon = energon_files(dataset)
+    with on_ray_only():
+        assert index_main.main([*flags, "--output", str(tmp_path / "ray"), "--executor", "ray"]) == 1
+    assert tree_files(str(tmp_path / "ray")) == tree_files(str(tmp_path / "pool"))
+    assert energon_files(dataset) == pool_energon and ".nv-meta/.info.json" in pool_energon
+
+
+def test_ray_check_pair_decodes_and_dumps_as_the_pool(tmp_path, ray_local):
+    """check_pair's decoder is built inside each Ray worker from the tokenizer's path."""
+    model = train_sentencepiece(str(tmp_path / "sp"))
+    write_tokenized_dataset(str(tmp_path / "d"), model, PATCHES)
+    flags = ["--dataset_path", str(tmp_path / "d"), "--dataset_name", "ds", "--patches", str(PATCHES),
+             "--tokenizer", model, "--dump", "3", "--workers", "2"]  # fmt: skip
+    assert check_pair.main([*flags, "--out", str(tmp_path / "pool")]) == 1
+    with on_ray_only():
+        assert check_pair.main([*flags, "--out", str(tmp_path / "ray"), "--executor", "ray"]) == 1
+    pool, on_ray = tree_files(str(tmp_path / "pool")), tree_files(str(tmp_path / "ray"))
+    assert sorted(on_ray) == sorted(pool) and len([n for n in pool if n.endswith("text.txt")]) == 3
+    # report.html differs only in the timings it shows
+    assert {n: b for n, b in on_ray.items() if n != "report.html"} == {
+        n: b for n, b in pool.items() if n != "report.html"
+    }
+
+
+def test_ray_tasks_read_an_s3_dataset(tmp_path, ray_local):
+    """Each task configures its own storage from --s3_endpoint: the indexes are the pool's, with URLs."""
+    dataset = write_defect_dataset(str(tmp_path / "d"))
+    flags = ["--dataset_name", "ds", "--patches", str(PATCHES), "--max_len", "120", "--workers", "2"]
+    assert index_main.main(["--dataset_path", dataset, "--output", str(tmp_path / "pool"), *flags]) == 1
+    with moto_server() as endpoint, on_ray_only():
+        make_bucket(endpoint, "rayidx")
+        upload_tree(endpoint, dataset, "s3://rayidx/set")
+        rc = index_main.main(["--dataset_path", "s3://rayidx/set", "--output", "s3://rayidx/idx",
+                              "--s3_endpoint", endpoint, "--executor", "ray", *flags])  # fmt: skip
+        remote = download_tree(endpoint, "s3://rayidx/idx")
+    storage.configure(None)
+    assert rc == 1
+    assert comparable(remote, "s3://rayidx/set") == comparable(tree_files(str(tmp_path / "pool")), dataset)
