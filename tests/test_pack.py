@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import av
 import pytest
@@ -315,10 +316,27 @@ def test_resume_after_a_killed_run_gives_the_same_bytes(manifest, tmp_path):
     proc.kill()
     proc.wait()
     assert os.path.exists(first), "the run ended before its first tar"
+    # its workers die with it instead of waiting for work forever
+    deadline = time.time() + 10
+    while time.time() < deadline and _processes_mentioning(crashed):
+        time.sleep(0.1)
+    assert not _processes_mentioning(crashed), "orphaned workers outlived the killed run"
     # whatever the kill left is either a finished tar or a hidden temp file
     assert all(n.startswith(("shard-", ".")) for n in os.listdir(crashed))
     assert run_pack(*args, "--save_path", crashed) == 0
     assert tree_bytes(crashed) == tree_bytes(clean)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except (OSError, ValueError):
+            pass
+    return found
 
 
 def test_rerun_skips_finished_tars(manifest, tmp_path, capsys):

@@ -8,8 +8,10 @@ retried one at a time in a fresh process, so only the culprit fails, with a reas
 
 from __future__ import annotations
 
+import ctypes
 import math
 import multiprocessing as mp
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -60,10 +62,33 @@ def _single_threaded_opencv() -> None:
         cv2.setNumThreads(1)
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when its parent dies.
+
+    A parent killed outright (SIGKILL, the OOM killer) runs no clean-up, and its workers,
+    each holding the others' end of the task pipe, would wait for work forever.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent's own clean-up is all there is
+    if os.getppid() == 1:  # the parent died before the request took hold
+        os._exit(1)
+
+
+def _start_worker(initializer, initargs) -> None:
+    _die_with_parent()
+    if initializer is not None:
+        initializer(*initargs)
+
+
 def _new_pool(workers: int, initializer, initargs) -> ProcessPoolExecutor:
     # fork: workers start in milliseconds and inherit the imported decoder libraries.
     _single_threaded_opencv()
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=initializer, initargs=initargs)
+    return ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("fork"), initializer=_start_worker, initargs=(initializer, initargs)
+    )
 
 
 def _kill(pool: ProcessPoolExecutor) -> None:
