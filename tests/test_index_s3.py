@@ -17,7 +17,7 @@ import pytest
 import index.check_pair as check_pair
 import index.main as index_main
 from tests.index_fixtures import energon_meta, train_sentencepiece, tree_files, write_tokenized_dataset
-from tests.s3_fixtures import S3_ENV, faulty_proxy, make_bucket, moto_server
+from tests.s3_fixtures import faulty_proxy, make_bucket
 from tests.test_index import PATCHES, write_defect_dataset
 from vdp import storage
 from vdp.localcopy import local_copy
@@ -25,20 +25,6 @@ from vdp.scan import ScanOptions, scan_tar
 from vdp.validate import CheckOptions
 
 FLAGS = ["--dataset_name", "ds", "--patches", str(PATCHES), "--max_len", "120", "--workers", "2"]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    with moto_server() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture()
-def s3_env(s3_endpoint, monkeypatch):
-    for k, v in S3_ENV.items():
-        monkeypatch.setenv(k, v)
-    yield s3_endpoint
-    storage.configure(None)
 
 
 def upload_tree(endpoint: str, folder: str, url: str) -> None:

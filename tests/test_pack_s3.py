@@ -11,22 +11,7 @@ import pytest
 
 import pack
 from tests.pack_helpers import make_videos, tree_bytes, write_manifest
-from tests.s3_fixtures import S3_ENV, faulty_proxy, make_bucket, moto_server
-from vdp import storage
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    with moto_server() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture()
-def s3_env(s3_endpoint, monkeypatch):
-    for k, v in S3_ENV.items():
-        monkeypatch.setenv(k, v)
-    yield s3_endpoint
-    storage.configure(None)
+from tests.s3_fixtures import faulty_proxy, make_bucket
 
 
 def upload_tree(endpoint: str, bucket: str, folder: str, prefix: str) -> None:

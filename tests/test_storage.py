@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.s3_fixtures import S3_ENV, faulty_proxy, make_bucket, moto_server
+from tests.s3_fixtures import faulty_proxy, make_bucket
 from vdp import storage
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    with moto_server() as endpoint:
-        yield endpoint
-
-
 @pytest.fixture()
-def s3(s3_endpoint, monkeypatch):
-    for k, v in S3_ENV.items():
-        monkeypatch.setenv(k, v)
-    storage.configure(s3_endpoint)
-    yield s3_endpoint
+def s3(s3_env):
+    storage.configure(s3_env)
+    yield s3_env
     storage.configure(None)
 
 
