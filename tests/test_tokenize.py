@@ -647,7 +647,7 @@ def test_runs_as_a_script_without_shadowing_stdlib_tokenize(corpus, sp_model, tm
 # --- tar plumbing ----------------------------------------------------------------------------
 
 
-def test_slice_writer_gives_tarios_bytes(tmp_path):
+def test_slice_writer_gives_tarios_bytes(tmp_path, monkeypatch):
     """Frames copied by the kernel land as if written from memory: same bytes as vdp.tario."""
     from vdp.tario import tar_bytes
     from vdp.tarslices import FileSlice, _SliceWriter, write_tar_slices_atomically
@@ -666,6 +666,20 @@ def test_slice_writer_gives_tarios_bytes(tmp_path):
     ]
     size = write_tar_slices_atomically(str(tmp_path / "out.tar"), members)
     assert (tmp_path / "out.tar").read_bytes() == want and size == len(want)
+    if os.path.isdir("/dev/shm") and os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev:
+        # another filesystem: copy_file_range refuses, sendfile copies, the bytes are the same
+        import vdp.tarslices as tarslices
+
+        used = []
+        spied = [lambda *a, c=c: used.append(c.__name__) or c(*a) for c in tarslices.KERNEL_COPIES]
+        monkeypatch.setattr(tarslices, "KERNEL_COPIES", tuple(spied))
+        elsewhere = os.path.join("/dev/shm", f"slices-{os.getpid()}.tar")
+        try:
+            write_tar_slices_atomically(elsewhere, members)
+            assert open(elsewhere, "rb").read() == want
+        finally:
+            os.unlink(elsewhere)
+        assert used == ["_copy_file_range", "_sendfile", "_sendfile"]
     stream = io.BytesIO()  # no file descriptor (an upload): plain writes, same bytes
     writer = _SliceWriter(stream)
     for name, data in members:
@@ -705,6 +719,18 @@ def test_fast_tar_index_agrees_with_tarfile_on_damaged_tars():
         info.size = 2
         t.addfile(info, io.BytesIO(b"{}"))
     assert [e.name for e in iter_tar_index(io.BytesIO(buf.getvalue()))] == ["ü" * 120 + ".json"]
+    # plain headers, then a long name (pax) midway: tarfile takes over there, with the same result
+    mixed = io.BytesIO()
+    with tarfile.open(fileobj=mixed, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name in ("a.json", "a.0.jpg", "b" * 150 + ".json", "c.json"):
+            info = tarfile.TarInfo(name)
+            info.size = 700
+            t.addfile(info, io.BytesIO(bytes(700)))
+    data = mixed.getvalue()
+    assert outcome(iter_tar_index, data) == outcome(_tarfile_index, data)
+    assert [e.name for e in outcome(iter_tar_index, data)[0]] == ["a.json", "a.0.jpg", "b" * 150 + ".json", "c.json"]
+    cut = data[: outcome(iter_tar_index, data)[0][-1].offset + 100]  # inside c.json's data
+    assert outcome(iter_tar_index, cut) == outcome(_tarfile_index, cut) and outcome(iter_tar_index, cut)[1] == 4
 
 
 def test_fast_json_of_ids_is_json_dumps():

@@ -10,20 +10,23 @@ Two layouts are read:
 A reader is a chain of small generators: the tar's index (vdp.tarslices: names, offsets
 and sizes; no data read) -> members grouped by key -> legacy frames folded into their sample
 -> FrameSample. Only the json and each frame's first bytes (its size in pixels) and last
-bytes (its end marker) are read: frames stay references into the tar, copied to the output
-by the kernel later. Every sample that cannot be read becomes a row of `errors` instead.
+bytes (its end marker) are read: frames of a local tar stay references into it, copied to
+the output by the kernel later. A tar in object storage has no file to copy from, so its
+frames' bytes are read here and travel with the sample. Every sample that cannot be read
+becomes a row of `errors` instead.
 """
 
 from __future__ import annotations
 
 import json
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from vdp.errors import RecordError, error_entry
 from vdp.jpeg import check_jpeg_end, jpeg_header_size
 from vdp.tario import TarReadError, split_member_name
-from vdp.tarslices import Entry, iter_tar_index, read_range
+from vdp.tarslices import Entry, InputTar, iter_tar_index
 
 VIDEO_EXTS = ("mp4", "mkv", "webm", "avi", "mov")
 
@@ -35,6 +38,7 @@ class ImageRef:
     size: int
     width: int
     height: int
+    data: bytes | None = None  # the frame itself when its tar is remote (no file to copy from later)
 
 
 @dataclass
@@ -105,13 +109,13 @@ def _fold_legacy(samples: Iterator[_Grouped]) -> Iterator[_Grouped]:
         yield head
 
 
-def _parse_json(grouped: _Grouped, fd: int) -> dict:
+def _parse_json(grouped: _Grouped, tar: InputTar) -> dict:
     name = f"{grouped.key}.json"
     if name not in grouped.files:
         raise RecordError(f"no json: members {', '.join(sorted(grouped.files))} without {name}")
     entry = grouped.files[name]
     try:
-        doc = json.loads(read_range(fd, entry.offset, entry.size))
+        doc = json.loads(tar.read(entry.offset, entry.size))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RecordError(f"bad json: {name}: {e}") from None
     if not isinstance(doc, dict):
@@ -163,65 +167,69 @@ def _image_members(doc: dict, grouped: _Grouped) -> list[str]:
     raise RecordError(f"bad json: {key}.json lists no images (neither image nor image_name_list)")
 
 
-def _image_ref(grouped: _Grouped, member: str, fd: int) -> ImageRef:
+def _image_ref(grouped: _Grouped, member: str, tar: InputTar) -> ImageRef:
     if member not in grouped.files:
         raise RecordError(f"missing image: {member}")
     entry = grouped.files[member]
     try:
-        width, height = _jpeg_size_at(fd, entry)
+        width, height = _jpeg_size_at(tar, entry)
     except RecordError as e:
         raise RecordError(f"{e}: {member}") from None
-    return ImageRef(member, entry.offset, entry.size, width, height)
+    data = None if tar.local else tar.read(entry.offset, entry.size)
+    return ImageRef(member, entry.offset, entry.size, width, height, data)
 
 
-def _jpeg_size_at(fd: int, entry: Entry) -> tuple[int, int]:
+def _jpeg_size_at(tar: InputTar, entry: Entry) -> tuple[int, int]:
     """A frame's size from its first bytes (more only when its header is unusually far in)."""
     if entry.size < 4:
         raise RecordError("not a jpeg: too short")
     size = None
     for n in (4096, 65536, entry.size):
-        head = read_range(fd, entry.offset, min(n, entry.size))
+        head = tar.read(entry.offset, min(n, entry.size))
         size = jpeg_header_size(head, complete=len(head) == entry.size)
         if size is not None:
             break
-    check_jpeg_end(read_range(fd, entry.offset + entry.size - min(32, entry.size), min(32, entry.size)))
+    check_jpeg_end(tar.read(entry.offset + entry.size - min(32, entry.size), min(32, entry.size)))
     assert size is not None  # the whole file was parsed at the latest
     return size
 
 
-def to_frame_sample(grouped: _Grouped, tar: str, fd: int) -> FrameSample:
+def to_frame_sample(grouped: _Grouped, tar: InputTar) -> FrameSample:
     """Parse one grouped sample; RecordError with the reason when it cannot be tokenized."""
-    doc = _parse_json(grouped, fd)
+    doc = _parse_json(grouped, tar)
     members = _image_members(doc, grouped)
     turns = _conversations(doc, grouped.key)
-    return FrameSample(grouped.key, tar, turns, [_image_ref(grouped, m, fd) for m in members])
+    return FrameSample(grouped.key, tar.path, turns, [_image_ref(grouped, m, tar) for m in members])
 
 
 def read_frame_samples(tar: str, errors: list[dict]) -> Iterator[FrameSample]:
     """Every tokenizable sample of one stage-1 tar, in order; the rest go to `errors`.
 
     A broken tar yields the samples before the damage; the sample the damage cut short (its
-    members may be incomplete) is reported, not yielded.
+    members may be incomplete) is reported, not yielded. `tar` may be a local path or an
+    s3:// or oss:// URL; a remote read that fails after every retry raises StoreFault.
     """
     try:
-        f = open(tar, "rb")
+        opened = InputTar(tar)
     except OSError as e:
         errors.append(error_entry("", tar, f"unreadable tar: {e.strerror or e}"))
         return
-    with f:
+    with opened:
         try:
-            for grouped in _fold_legacy(_group_by_key(iter_tar_index(f))):
-                yield from _parsed(grouped, tar, f.fileno(), errors)
+            for grouped in _fold_legacy(_group_by_key(iter_tar_index(opened.file))):
+                yield from _parsed(grouped, opened, errors)
+                # A remote tar keeps only what is still to be read (tarfile looks one byte before a header).
+                opened.done_before(max(e.offset + e.size for e in grouped.files.values()) - tarfile.BLOCKSIZE)
         except _CutShort as e:
             cut = f"sample {e.key} cut short, " if e.key else ""
             reason = f"bad tar: {e.reason} ({cut}after {e.members_read} readable members)"
             errors.append(error_entry(e.key, tar, reason))
 
 
-def _parsed(grouped: _Grouped, tar: str, fd: int, errors: list[dict]) -> Iterator[FrameSample]:
+def _parsed(grouped: _Grouped, tar: InputTar, errors: list[dict]) -> Iterator[FrameSample]:
     try:
-        yield to_frame_sample(grouped, tar, fd)
+        yield to_frame_sample(grouped, tar)
     except RecordError as e:
-        errors.append(error_entry(grouped.key, tar, str(e)))
+        errors.append(error_entry(grouped.key, tar.path, str(e)))
     except TarReadError as e:
-        errors.append(error_entry(grouped.key, tar, f"bad tar: {e.reason}"))
+        errors.append(error_entry(grouped.key, tar.path, f"bad tar: {e.reason}"))

@@ -7,8 +7,14 @@ group is done when both exist. Nothing crosses groups, so the bytes of a shard d
 on its input tars and the options, whatever the number of workers.
 
 Memory stays bounded: the packer decides each sequence within one window of samples and
-the sequence is written at once. Frames are never held, only their place in the input tar:
-when their sequence is written they are copied file to file (vdp.tarslices), untouched.
+the sequence is written at once. Frames of local tars are never held, only their place in the
+input tar: when their sequence is written they are copied file to file (vdp.tarslices),
+untouched. Frames of tars in object storage (s3://, oss://) cannot be copied that way, so
+their bytes wait with their samples: at most one --pack_buffer window of samples' frames.
+
+Every path may be local or remote (vdp.storage): input tars are streamed, shards go up as
+multipart uploads that appear only when complete, and `is_done` asks the store. A group is
+run by the worker pool or as a Ray task (`run_groups`), the same function either way.
 """
 
 from __future__ import annotations
@@ -26,12 +32,16 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
+from vdp import storage
 from vdp.errors import RecordError, error_entry
 from vdp.frame_samples import FrameSample, ImageRef, read_frame_samples
 from vdp.jpeg import fit_jpeg, fit_size
 from vdp.packing import PACKERS, lower_bound, sequence_length
+from vdp.pool import WorkFailure, call_with_alarm, map_ordered
+from vdp.ray_executor import ray_map_units
+from vdp.shards import list_tars
 from vdp.tario import write_bytes_atomically
-from vdp.tarslices import FileSlice, read_range, write_tar_slices_atomically
+from vdp.tarslices import FileSlice, StoreFault, read_range, write_tar_slices_atomically
 from vdp.tokens import ConversationTokenizer, load_tokenizer
 
 Data = bytes | FileSlice
@@ -73,6 +83,7 @@ class GroupResult:
     resized: int = 0  # frames shrunk to max_side
     errors: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the group; seconds minus it is time spent waiting (disk, network)
 
 
 @dataclass
@@ -88,43 +99,86 @@ class Tokenized:
 # --- planning and state ----------------------------------------------------------------------
 
 
+def list_input_tars(dataset_path: str) -> list[str]:
+    """Every stage-1 tar under a folder or an s3:// / oss:// prefix, sorted (hidden names left out)."""
+    if storage.is_remote(dataset_path):
+        return storage.list_files(dataset_path.rstrip("/"), ".tar")
+    return list_tars(dataset_path)
+
+
+def relative(path: str, root: str) -> str:
+    """`path` below `root`, as written in source_tars: the same for a local folder and its bucket copy."""
+    if storage.is_remote(root):
+        return path[len(root.rstrip("/")) + 1 :]
+    return os.path.relpath(path, root)
+
+
+def tar_range(
+    count: int, start: int, end: int | None, shard_size: int, machine_id: int = 0, total_machine: int = 1
+) -> tuple[int, int]:
+    """The tars [lo, hi) of the sorted list of `count` that this run takes.
+
+    One machine takes [start, end) (end: all). With several, the groups of [start, end) are
+    dealt out in contiguous runs, one per machine, cut at group boundaries: each machine's
+    shards hold the same tars, the same keys and so the same bytes as the shards one machine
+    would write for the whole range; only their folder, OUT/{lo}-{hi}, tells the machine.
+    """
+    hi = count if end is None else end
+    if total_machine == 1:
+        return start, hi
+    hi = min(hi, count)
+    groups = -(-max(0, hi - start) // shard_size)
+    first, last = machine_id * groups // total_machine, (machine_id + 1) * groups // total_machine
+    return min(hi, start + first * shard_size), min(hi, start + last * shard_size)
+
+
 def plan_groups(tars: list[str], root: str, start: int, end: int, shard_size: int, out_dir: str) -> list[GroupJob]:
     """Cut tars[start:end] into groups of shard_size consecutive tars."""
     chosen = tars[start:end]
     jobs = []
     for g, at in enumerate(range(0, len(chosen), shard_size)):
         part = tuple(chosen[at : at + shard_size])
-        names = tuple(os.path.relpath(p, root) for p in part)
+        names = tuple(relative(p, root) for p in part)
         jobs.append(GroupJob(g, start + at, part, names, out_dir))
     return jobs
 
 
 def shard_path(job: GroupJob) -> str:
-    return os.path.join(job.out_dir, f"shard_{job.index}.tar")
+    return storage.join(job.out_dir, f"shard_{job.index}.tar")
 
 
 def state_path(job: GroupJob) -> str:
-    return os.path.join(job.out_dir, STATE_DIR, f"shard_{job.index}.json")
+    return storage.join(job.out_dir, STATE_DIR, f"shard_{job.index}.json")
 
 
 def is_done(job: GroupJob) -> bool:
     """Done when the shard and its state both exist (the state is written after the shard)."""
-    return os.path.exists(shard_path(job)) and os.path.exists(state_path(job))
+    return storage.exists(shard_path(job)) and storage.exists(state_path(job))
 
 
 def read_state(path: str) -> GroupResult:
-    with open(path, encoding="utf-8") as f:
-        return GroupResult(**json.load(f))
+    return GroupResult(**json.loads(storage.read_bytes(path)))
+
+
+def _state_files(save_path: str) -> list[str]:
+    """The state file of every finished group under OUT, in any order."""
+    if not storage.is_remote(save_path):
+        return glob.glob(os.path.join(save_path, "*", STATE_DIR, "shard_*.json"))
+    # Listings leave hidden folders out: find the range folders by their shards, then list each one's state.
+    top = save_path.rstrip("/")
+    ranges = {storage.dirname(p) for p in storage.list_files(top, ".tar")}
+    ranges = {r for r in ranges if storage.dirname(r) == top}  # OUT/{S}-{E}, as the local glob
+    found = [p for r in ranges for p in storage.list_files(storage.join(r, STATE_DIR), ".json")]
+    return [p for p in found if storage.basename(p).startswith("shard_")]
 
 
 def collect_errors(save_path: str) -> list[dict]:
     """The error rows of every finished group under OUT, all ranges, in range and group order."""
 
     def order(path: str) -> tuple:
-        return tuple(int(n) for n in re.findall(r"\d+", os.path.relpath(path, save_path)))
+        return tuple(int(n) for n in re.findall(r"\d+", relative(path, save_path)))
 
-    paths = glob.glob(os.path.join(save_path, "*", STATE_DIR, "shard_*.json"))
-    return [row for p in sorted(paths, key=order) for row in read_state(p).errors]
+    return [row for p in sorted(_state_files(save_path), key=order) for row in read_state(p).errors]
 
 
 # --- the worker side -------------------------------------------------------------------------
@@ -169,7 +223,7 @@ def tokenize_group(job: GroupJob) -> GroupResult:
     """Worker entry point: read, tokenize, pack and write one group; returns its counts."""
     options, conv = _OPTIONS, _CONV
     assert options is not None and conv is not None, "init_worker was not called"
-    clock = time.perf_counter()
+    clock, cpu = time.perf_counter(), time.process_time()
     result = GroupResult(job.index)
     shrink_errors: list[dict] = []  # frames kept unshrunk: their samples are still packed
     lengths: list[int] = []
@@ -195,19 +249,33 @@ def tokenize_group(job: GroupJob) -> GroupResult:
     result.tokens = sum(lengths) - result.samples + result.sequences
     result.lower_bound = lower_bound(lengths, options.max_len)
     result.seconds = round(time.perf_counter() - clock, 3)
+    result.cpu_seconds = round(time.process_time() - cpu, 3)
     write_bytes_atomically(state_path(job), json.dumps(asdict(result), ensure_ascii=False).encode())
     return result
 
 
-def _frame(part: Tokenized, ref: ImageRef, options: TokenizeOptions, result: GroupResult, errors: list) -> Data:
-    """The frame as a slice of its input tar (passed through), or shrunk bytes when too big."""
-    if fit_size(ref.width, ref.height, options.max_side) == (ref.width, ref.height):
-        return FileSlice(part.tar_path, ref.offset, ref.size)
-    fd = os.open(part.tar_path, os.O_RDONLY)
+def run_group(job: GroupJob) -> GroupResult | WorkFailure:
+    """tokenize_group; a store that kept failing after every retry makes the group a WorkFailure.
+
+    The shard is then not written (a local temp file is removed, an upload aborted), so a rerun
+    does the group again. Anything else raised is a bug and propagates.
+    """
     try:
-        data = read_range(fd, ref.offset, ref.size)
-    finally:
-        os.close(fd)
+        return tokenize_group(job)
+    except StoreFault as e:
+        return WorkFailure(f"object storage: {e}")
+    except Exception as e:
+        if not (storage.is_remote(job.out_dir) and (isinstance(e, OSError) or storage.is_transient(e))):
+            raise
+        return WorkFailure(f"object storage: {type(e).__name__}: {e}")
+
+
+def _frame(part: Tokenized, ref: ImageRef, options: TokenizeOptions, result: GroupResult, errors: list) -> Data:
+    """The frame passed through (a slice of its local tar, or the bytes read from a remote one),
+    or shrunk bytes when too big."""
+    if fit_size(ref.width, ref.height, options.max_side) == (ref.width, ref.height):
+        return ref.data if ref.data is not None else FileSlice(part.tar_path, ref.offset, ref.size)
+    data = ref.data if ref.data is not None else _read_local(part.tar_path, ref)
     try:
         small = fit_jpeg(data, ref.width, ref.height, options.max_side, options.jpeg_quality)
     except RecordError as e:
@@ -216,6 +284,14 @@ def _frame(part: Tokenized, ref: ImageRef, options: TokenizeOptions, result: Gro
         return data
     result.resized += 1
     return small
+
+
+def _read_local(path: str, ref: ImageRef) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return read_range(fd, ref.offset, ref.size)
+    finally:
+        os.close(fd)
 
 
 def _npy(values: np.ndarray) -> bytes:
@@ -275,3 +351,63 @@ def sequence_members(
     for i, (p, ref) in enumerate(refs):
         members.append((f"{key}.{i}.jpg", _frame(p, ref, options, result, errors)))
     return members
+
+
+# --- executors -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Executor:
+    """Where groups run: `pool` (worker processes here) or `ray` (tasks, local Ray or a cluster)."""
+
+    kind: str = "pool"
+    workers: int = 1
+    timeout: float = 3600.0  # seconds one group may take
+    ray_address: str | None = None
+    s3_endpoint: str | None = None  # Ray tasks configure their own storage; pool workers inherit the parent's
+
+
+@dataclass(frozen=True)
+class GroupUnit:
+    """One group for a Ray task, with everything needed to run it on any node."""
+
+    job: GroupJob
+    options: TokenizeOptions
+    timeout: float
+    s3_endpoint: str | None = None
+
+
+def tokenize_unit(unit: GroupUnit) -> GroupResult | WorkFailure:
+    """A Ray task: the pool worker's code for one group under the same alarm, so the same shard."""
+    storage.configure(unit.s3_endpoint)
+    if _OPTIONS != unit.options:  # a Ray worker process runs many tasks: build the tokenizer once
+        init_worker(unit.options)
+    return call_with_alarm(run_group, unit.job, unit.timeout)
+
+
+def _in_pool(jobs: list[GroupJob], options: TokenizeOptions, ex: Executor) -> Iterator[GroupResult | WorkFailure]:
+    return map_ordered(run_group, jobs, ex.workers, ex.timeout, init_worker, (options,))
+
+
+def run_groups(
+    jobs: list[GroupJob], options: TokenizeOptions, ex: Executor
+) -> Iterator[tuple[GroupJob, GroupResult | WorkFailure]]:
+    """Run every group; yield (job, its result or WorkFailure) as each finishes.
+
+    On Ray each group is one task writing its own shard; a group whose task failed (crash, lost
+    node, deadline, store fault) is run once more here, in the worker pool.
+    """
+    if ex.kind != "ray":
+        yield from zip(jobs, _in_pool(jobs, options, ex))
+        return
+    units = [GroupUnit(job, options, ex.timeout, ex.s3_endpoint) for job in jobs]
+    failed: list[GroupJob] = []
+    # The task's own alarm ends a slow group at the timeout; the deadline catches a hang the alarm cannot.
+    for index, result in ray_map_units(tokenize_unit, units, ex.workers, ex.ray_address, lambda u: u.timeout + 60):
+        if isinstance(result, WorkFailure):
+            failed.append(jobs[index])
+        else:
+            yield jobs[index], result
+    if failed:
+        failed.sort(key=lambda job: job.index)
+        yield from zip(failed, _in_pool(failed, options, ex))

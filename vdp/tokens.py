@@ -24,6 +24,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vdp import storage
+from vdp.localcopy import local_copy
+
 IMAGE_PATCH, IMAGE_START, IMAGE_END = "<im_patch>", "<im_start>", "<im_end>"
 IMAGE_TOKENS = (IMAGE_PATCH, IMAGE_START, IMAGE_END)  # ids vocab_size, +1, +2 unless the model has them
 EOS_TEXT = "</s>"  # appended to gpt turns as text, as the seed did
@@ -51,15 +54,28 @@ class TokenizerLoadError(Exception):
 
 
 def load_tokenizer(path: str) -> TextTokenizer:
-    """A SentencePiece `.model` file, or a Hugging Face tokenizer folder.
+    """A SentencePiece `.model` file, or a Hugging Face tokenizer folder; local, s3:// or oss://.
 
     Loaded once per process and path (0.1 s for LLaMA-2, mostly finding its special pieces):
-    workers forked after the parent loaded it inherit it instead of loading it again.
+    workers forked after the parent loaded it inherit it instead of loading it again. A remote
+    tokenizer is copied once per machine into the temp folder (vdp.localcopy): SentencePiece
+    and transformers open only local paths.
     """
+    if storage.is_remote(path):
+        path = _fetched(path)
     if not os.path.exists(path):
         raise TokenizerLoadError(f"tokenizer not found: {path}")
     stat = os.stat(path)
     return _load_cached(os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+
+
+def _fetched(url: str) -> str:
+    try:
+        return local_copy(url)
+    except FileNotFoundError:
+        raise TokenizerLoadError(f"tokenizer not found: {url}") from None
+    except Exception as e:  # credentials, endpoint, a store that kept failing: the user's to fix
+        raise TokenizerLoadError(f"tokenizer unreadable: {url}: {type(e).__name__}: {e}") from None
 
 
 @functools.lru_cache(maxsize=4)
