@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -55,3 +56,34 @@ def test_launch_range_reports_the_worst_exit(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert proc.returncode == 1  # machine 1 exits with its id
     assert "machine 1 exit 1" in proc.stdout
+
+
+def test_plan_lists_each_machines_tokenize_shards_as_tokenize_writes_them(tmp_path):
+    """Stage 2: machine m's tars, output folder and each shard's input tars; tokenize/main.py agrees."""
+    from tests.stage1_fixtures import train_llama_like_tokenizer, write_stage1_corpus
+    from tests.test_tokenize import output_sequences
+
+    corpus = str(tmp_path / "corpus")
+    names = [os.path.basename(p) for p in write_stage1_corpus(corpus, tars=5, samples_per_tar=2, frames=(1, 2))]
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "plan.py"), "--dataset_path", corpus,
+                          "--shard_size", "2", "--total_machine", "2", "--tars"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "5 tars, [0, 5) taken, 2 tars per output shard, 2 machines"
+    assert lines[1].startswith("machine 0: tars [0, 2) -> SAVE_PATH/0-2/, 1 shards")
+    assert lines[3].startswith("machine 1: tars [2, 5) -> SAVE_PATH/2-5/, 2 shards")
+    assert lines[4:] == [f"  shard_0.tar <- tars [2, 4): {names[2]} {names[3]}", f"  shard_1.tar <- tars [4, 5): {names[4]}"]
+
+    # machine 1 as Slurm runs it: array task 1 of TOTAL=2
+    model = train_llama_like_tokenizer(str(tmp_path / "llama"))
+    env = {**os.environ, "SLURM_SUBMIT_DIR": ROOT, "SLURM_ARRAY_TASK_ID": "1", "TOTAL": "2", "SLURM_CPUS_PER_TASK": "1"}
+    job = subprocess.run(["bash", os.path.join(ROOT, "scripts", "slurm_tokenize.sbatch"), "--dataset_path", corpus,
+                          "--save_path", str(tmp_path / "tok"), "--tokenizer", model, "--sample_type", "un",
+                          "--patches", "4", "--shard_size", "2"], capture_output=True, text=True, env=env)  # fmt: skip
+    assert job.returncode == 0, job.stderr
+    assert sorted(os.listdir(tmp_path / "tok")) == ["2-5", "errors.jsonl"]
+    by_shard = {}
+    for key, members in output_sequences(str(tmp_path / "tok")):
+        by_shard.setdefault(key.split("-")[0], set()).update(json.loads(members["json"])["source_tars"])
+    # keys start with the shard's first tar's place in the whole list, as in a one-machine run
+    assert by_shard == {"000002": {names[2], names[3]}, "000004": {names[4]}}
