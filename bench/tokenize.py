@@ -10,6 +10,7 @@ standard `tokenize` module by every script run from bench/, numpy's import chain
 
 Corpora (tests/stage1_fixtures.py, stage-1 format, written once into OUT/corpus*):
   frames  16 tars x 20 `un` samples of 16-24 frames, 640x360-class JPEGs, captions of 3-120 words
+  scale   48 tars x 25 samples of the same kind
   fill    10 tars x 200 samples of 16-24 tiny frames (only token counts matter there)
 Without --tokenizer a LLaMA-2-like SentencePiece model is trained first (LLaMA-2's settings,
 ~800 learned pieces padded to 32000, so ids have LLaMA-2's magnitude in JSON).
@@ -21,10 +22,12 @@ Runs:
            packing, and webdataset's TarWriter re-encoding every frame (PIL, quality 100)
   ours w1  `tokenize/main.py --workers 1` on the same tars (a whole command, shards written):
            the ids check; the per-sample figure is taken from the whole-corpus w1 run below
-  ours w1/w2 on all frames tars, 4 output shards: worker scaling, output on this disk and on
-           tmpfs (/dev/shm), runs interleaved (w1, w2, w1, ...), best of --repeat each; with the
-           workers' CPU seconds (summed over the shards' own figures) and, beside the ratio, the
-           same two-process speed-up of a pure-CPU loop: the ceiling the machine allows then
+  ours w1/w2 on a scaling corpus (48 tars x 25 samples, 12 output shards): worker scaling, output
+           on this disk and on tmpfs (/dev/shm), runs interleaved (w1, w2, w1, ...), best of
+           --repeat each; with the workers' CPU seconds (summed over the shards' own figures) and,
+           beside the ratio, the same two-process speed-up of a pure-CPU loop measured between
+           the runs: the ceiling the machine allows then. The per-sample figure of ours is this
+           corpus's w1 disk run (same sample shapes as the seed's tars).
   fill     --patches 32 and 256, --packing bfd and greedy, one output shard of 2000 samples
   npy      --ids_format npy vs json at --patches 256: bytes of the id members, write and read time
 
@@ -201,25 +204,48 @@ def _spin(rounds: int) -> None:
         digest = hashlib.sha1(digest).digest()
 
 
-def cpu_ceiling() -> float:
+def spin_seconds(jobs: int, rounds: int = 1_500_000) -> float:
+    """Wall seconds for `jobs` processes to each run the same pure-CPU loop at once."""
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_spin, args=(rounds,)) for _ in range(jobs)]
+    start = time.perf_counter()
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    return time.perf_counter() - start
+
+
+def disk_write_seconds(folder: str, size: int) -> float:
+    """Seconds to write `size` bytes to a file in `folder` in 4 MB pieces and fdatasync it: the
+    least any run writing that many bytes to this disk can take, whatever its worker count."""
+    path = os.path.join(folder, "disk_rate.bin")
+    block = os.urandom(4 * 1024 * 1024)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    start = time.perf_counter()
+    try:
+        for at in range(0, size, len(block)):
+            os.write(fd, block[: size - at])
+        os.fdatasync(fd)
+        return time.perf_counter() - start
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def folder_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(folder) for n in names)
+
+
+def cpu_ceiling(one: float, two: float) -> float:
     """How much sooner two processes finish two equal pure-CPU jobs than one process runs them in turn.
 
     2.0 on two free cores, less when something else runs on them: the most `--workers 2` can
-    gain over `--workers 1` at that moment. (The pool's workers are killed, not waited for,
-    so their CPU time never reaches RUSAGE_CHILDREN: the shards report their own.)
+    gain over `--workers 1` then. Measured between the runs, best of each, like them. (The
+    pool's workers are killed, not waited for, so their CPU time never reaches
+    RUSAGE_CHILDREN: the shards report their own.)
     """
-    ctx = multiprocessing.get_context("fork")
-
-    def wall(jobs: int) -> float:
-        procs = [ctx.Process(target=_spin, args=(1_000_000,)) for _ in range(jobs)]
-        start = time.perf_counter()
-        for proc in procs:
-            proc.start()
-        for proc in procs:
-            proc.join()
-        return time.perf_counter() - start
-
-    return 2 * wall(1) / wall(2)
+    return 2 * one / two
 
 
 def totals(states: list) -> dict:
@@ -268,16 +294,25 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3, help="runs of each of w1 and w2 (default 3, the best counts)")
     a = p.parse_args()
     tars, per_tar, fill_tars, fill_per_tar = (4, 5, 2, 100) if a.quick else (16, 20, 10, 200)
+    # The scaling runs take a few seconds each so start-up (fork, tokenizer, listing) is not
+    # what is measured; 12 output shards keep both workers busy to the end.
+    scale_tars, scale_per_tar, scale_shards = (8, 5, 4) if a.quick else (48, 25, 12)
     os.makedirs(a.out, exist_ok=True)
     tok = a.tokenizer or train_llama_like_tokenizer(os.path.join(a.out, "llama_like"), vocab_size=32000)
     frames_src = os.path.join(a.out, f"corpus_frames_{tars}x{per_tar}")
     fill_src = os.path.join(a.out, f"corpus_fill_{fill_tars}x{fill_per_tar}")
     if not list_tars(frames_src):
         write_stage1_corpus(frames_src, tars, per_tar, "un", seed=1, sizes=BENCH_SIZES)
+    scale_src = os.path.join(a.out, f"corpus_scale_{scale_tars}x{scale_per_tar}")
+    if not list_tars(scale_src):
+        write_stage1_corpus(scale_src, scale_tars, scale_per_tar, "un", seed=3, sizes=BENCH_SIZES)
     if not list_tars(fill_src):
         write_stage1_corpus(fill_src, fill_tars, fill_per_tar, "un", seed=2, sizes=[(16, 16), (16, 12)])
     load_before = os.getloadavg()[0]
-    fig: dict = {"tokenizer": tok, "corpus": {"frames": [tars, per_tar], "fill": [fill_tars, fill_per_tar]}}
+    fig: dict = {
+        "tokenizer": tok,
+        "corpus": {"frames": [tars, per_tar], "scale": [scale_tars, scale_per_tar], "fill": [fill_tars, fill_per_tar]},
+    }
 
     # 1. seed vs ours, per sample, on the same tars
     subset = list_tars(frames_src)[: a.seed_tars]
@@ -294,23 +329,36 @@ def main() -> int:
         "ids_equal": all(ours.get(k) == v for k, v in seed_ids.items()),
     }
 
-    # 2. workers 1 vs 2 on every frames tar (4 output shards), interleaved, best of --repeat. Output
-    # on this disk (fsync'd: bounded by the disk's write rate) and, when there is one, on tmpfs
-    # (what the processes themselves do). CPU seconds of the workers show the work is spread.
+    # 2. workers 1 vs 2 on the scaling corpus (12 output shards), interleaved, best of --repeat,
+    # with the pure-CPU ceiling measured between them the same way. Output on this disk (fsync'd:
+    # bounded by the disk's write rate) and, when there is one, on tmpfs (what the processes
+    # themselves do). CPU seconds of the workers show the work is spread.
     fig["workers"] = {}
     targets_dirs = {"disk": a.out}
     if os.path.isdir("/dev/shm") and not a.no_tmpfs:
         targets_dirs["tmpfs"] = tempfile.mkdtemp(prefix="tokenize_bench_", dir="/dev/shm")
     for where, root in targets_dirs.items():
         runs: dict = {}
-        ceiling = cpu_ceiling()
+        spins = {1: float("inf"), 2: float("inf")}
         for _ in range(a.repeat):
             for w in ("1", "2"):
                 secs, states = run_ours(
-                    frames_src, os.path.join(root, f"ours_w{w}"), tok, "--workers", w, "--shard_size", str(tars // 4)
+                    scale_src,
+                    os.path.join(root, f"ours_w{w}"),
+                    tok,
+                    "--workers",
+                    w,
+                    "--shard_size",
+                    str(scale_tars // scale_shards),
                 )
                 if w not in runs or secs < runs[w][0]:
                     runs[w] = (secs, sum(st.cpu_seconds for st in states), totals(states))
+            for jobs in spins:
+                spins[jobs] = min(spins[jobs], spin_seconds(jobs))
+        ceiling = cpu_ceiling(spins[1], spins[2])
+        written = folder_bytes(os.path.join(root, "ours_w1"))
+        # The shards' bytes written once more, plainly: on a disk slower than two workers, w2's floor.
+        write_s = min(disk_write_seconds(root, written) for _ in range(2))
         if where == "tmpfs":
             shutil.rmtree(root, ignore_errors=True)
         fig["workers"][where] = {
@@ -318,6 +366,9 @@ def main() -> int:
             "w2_s": runs["2"][0],
             "speedup": runs["1"][0] / runs["2"][0],
             "cpu_ceiling": ceiling,
+            "output_bytes": written,
+            "plain_write_s": write_s,
+            "write_ceiling": runs["1"][0] / max(write_s, runs["1"][0] / 2),
             "w1_worker_cpu_s": runs["1"][1],
             "w2_worker_cpu_s": runs["2"][1],
             "tokens": runs["1"][2]["tokens"],
@@ -390,7 +441,8 @@ def report(fig: dict) -> None:
     for where, w in fig["workers"].items():
         print(
             f"{where:5s} w1 / w2  {w['w1_s']:.2f} s / {w['w2_s']:.2f} s   speedup {w['speedup']:.2f}x "
-            f"(pure-CPU ceiling {w['cpu_ceiling']:.2f}x)   "
+            f"(pure-CPU ceiling {w['cpu_ceiling']:.2f}x; writing its {w['output_bytes'] / 1e9:.2f} GB alone takes "
+            f"{w['plain_write_s']:.2f} s: ceiling {w['write_ceiling']:.2f}x)   "
             f"worker CPU {w['w1_worker_cpu_s']:.2f} s / {w['w2_worker_cpu_s']:.2f} s   "
             f"tokens/s per core {w['tokens_per_s_per_core']:,.0f}   samples/s (w1) {w['samples_per_s_w1']:.0f}"
         )
