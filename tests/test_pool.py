@@ -70,3 +70,22 @@ def test_workers_use_opencv_after_the_parent_did():
     out = list(map_ordered(blur, range(4), workers=2, timeout=3, initializer=one_opencv_thread))
     assert out == [(600, 600, 3)] * 4
     assert time.time() - start < 3
+
+
+def parent_pid(_: int) -> int:
+    return os.getppid()
+
+
+def test_a_process_running_ray_gets_its_workers_from_a_fork_server(ray_local):
+    """Forking a process with Ray's threads can hang a worker on a lock one of them held: the
+    pool then starts its workers from a fork server, and forks directly again once Ray is gone."""
+    import ray
+
+    assert list(map_ordered(parent_pid, range(2), workers=1)) == [os.getpid()] * 2
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        parents = list(map_ordered(parent_pid, range(2), workers=1))
+    finally:
+        ray.shutdown()
+    assert len(set(parents)) == 1 and parents[0] != os.getpid()
+    assert list(map_ordered(parent_pid, range(2), workers=1)) == [os.getpid()] * 2

@@ -83,11 +83,24 @@ def _start_worker(initializer, initargs) -> None:
         initializer(*initargs)
 
 
+def _start_method() -> str:
+    """fork, unless this process runs Ray: then a fork server's clean process is forked instead.
+
+    fork starts workers in milliseconds with the decoder libraries already imported. But a
+    process connected to Ray (the driver redoing a failed task's work here) has Ray's gRPC
+    threads; a child forked from it can inherit a lock one of them held and wait on it
+    forever (a test run hung so). The fork server was started without them.
+    """
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        return "forkserver"
+    return "fork"
+
+
 def _new_pool(workers: int, initializer, initargs) -> ProcessPoolExecutor:
-    # fork: workers start in milliseconds and inherit the imported decoder libraries.
     _single_threaded_opencv()
     return ProcessPoolExecutor(
-        workers, mp_context=mp.get_context("fork"), initializer=_start_worker, initargs=(initializer, initargs)
+        workers, mp_context=mp.get_context(_start_method()), initializer=_start_worker, initargs=(initializer, initargs)
     )
 
 
