@@ -27,3 +27,16 @@ def s3_env(s3_endpoint, monkeypatch):
         monkeypatch.setenv(k, v)
     yield s3_endpoint
     storage.configure(None)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray, started by the module's first --executor ray run and shut down after its last,
+    with S3 credentials in its workers' environment (Ray forwards AWS_* variables when it starts)."""
+    ray = pytest.importorskip("ray")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in S3_ENV.items():
+            mp.setenv(k, v)
+        yield
+        if ray.is_initialized():
+            ray.shutdown()

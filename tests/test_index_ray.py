@@ -11,24 +11,12 @@ import pytest
 import index.check_pair as check_pair
 import index.main as index_main
 from tests.index_fixtures import energon_meta, train_sentencepiece, tree_files, write_tokenized_dataset
-from tests.s3_fixtures import S3_ENV, make_bucket, moto_server
+from tests.s3_fixtures import make_bucket, moto_server
 from tests.test_index import PATCHES, write_defect_dataset
 from tests.test_index_s3 import comparable, download_tree, upload_tree
 from vdp import stage3, storage
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray, started by the first stage-3 command, with S3 credentials in its workers' environment
-    (Ray forwards AWS_* variables when it starts)."""
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in S3_ENV.items():
-            mp.setenv(k, v)
-        yield
-        if ray.is_initialized():
-            ray.shutdown()
 
 
 @contextmanager

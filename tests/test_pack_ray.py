@@ -11,13 +11,6 @@ from vdp.synth import VideoSpec, make_video
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
-
-
 def test_ray_writes_the_pools_bytes(tmp_path, ray_local):
     rows = []
     for i in range(5):

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.s3_fixtures import S3_ENV, make_bucket, moto_server
+from tests.s3_fixtures import make_bucket, moto_server
 from tests.stage1_fixtures import train_llama_like_tokenizer, write_stage1_corpus
 from tests.test_index_s3 import download_tree, upload_tree
 from tests.test_tokenize import tokenize_main, tree_bytes
@@ -30,18 +30,6 @@ def inputs(tmp_path_factory):
     with open(os.path.join(corpus, "zz-broken.tar"), "wb") as f:
         f.write(random.Random(1).randbytes(3000))  # a bad tar in the last group: an error row
     return corpus, train_llama_like_tokenizer(str(root / "llama"))
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray, started by the first --executor ray run, with S3 credentials in its workers'
-    environment (Ray forwards AWS_* variables when it starts)."""
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in S3_ENV.items():
-            mp.setenv(k, v)
-        yield
-        if ray.is_initialized():
-            ray.shutdown()
 
 
 @contextmanager
