@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -40,6 +39,7 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.ceiling import cpu_ceiling, spin_seconds  # noqa: E402
 from vdp.scan import ScanOptions  # noqa: E402
 from vdp.shards import list_tars  # noqa: E402
 from vdp.stage3 import Executor, run_scan  # noqa: E402
@@ -90,32 +90,6 @@ def make_shards(folder: str, tars: int, seqs: int) -> list[str]:
         if not os.path.exists(path):
             write_tar_atomically(path, (m for j in range(seqs) for m in sequence(f"{t:06d}-{j:06d}", rng, images, 14)))
     return list_tars(folder)
-
-
-def _spin(n: int) -> None:
-    total = 0
-    for i in range(n):
-        total += i * i
-
-
-def cpu_ceiling(n: int = 10_000_000) -> float:
-    """How much faster two processes finish two equal pure-CPU jobs than one process finishes one each.
-
-    2.0 on two free cores; less when the cores are shared (other jobs, a busy host). The scan's
-    w2/w1 ratio cannot exceed this, so it is printed beside it.
-    """
-    ctx = multiprocessing.get_context("fork")
-
-    def run(jobs: int) -> float:
-        procs = [ctx.Process(target=_spin, args=(n,)) for _ in range(jobs)]
-        start = time.perf_counter()
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-        return time.perf_counter() - start
-
-    return 2 * run(1) / run(2)
 
 
 def best_of(repeat: int, fn) -> float:
@@ -198,7 +172,7 @@ def main() -> int:
     s3_part = tars[: args.s3_tars]
     s3_size = sum(os.path.getsize(t) for t in s3_part)
     s3_local, s3_remote = s3_seconds(s3_part, root, args.repeat)
-    ceiling = cpu_ceiling()
+    ceiling = cpu_ceiling(spin_seconds(1, 3_000_000), spin_seconds(2, 3_000_000))
     mbps = {k: size / 1e6 / v for k, v in seconds.items()}
     print(f"{len(tars)} tars, {size / 1e6:.0f} MB, {args.tars * args.seqs} sequences")
     for k in seconds:

@@ -50,10 +50,8 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 import argparse
 import contextlib
 import glob
-import hashlib
 import io
 import json
-import multiprocessing
 import os
 import shutil
 import sys
@@ -66,6 +64,7 @@ sys.path.insert(0, REPO)
 import numpy as np  # noqa: E402
 import sentencepiece as spm  # noqa: E402
 
+from bench.ceiling import cpu_ceiling, spin_seconds  # noqa: E402
 from tests.stage1_fixtures import BENCH_SIZES, train_llama_like_tokenizer, write_stage1_corpus  # noqa: E402
 from vdp.shards import iter_samples, list_tars  # noqa: E402
 from vdp.stage2 import read_state  # noqa: E402
@@ -198,24 +197,6 @@ def our_ids_by_key(out: str) -> dict:
     return result
 
 
-def _spin(rounds: int) -> None:
-    digest = b""
-    for _ in range(rounds):
-        digest = hashlib.sha1(digest).digest()
-
-
-def spin_seconds(jobs: int, rounds: int = 1_500_000) -> float:
-    """Wall seconds for `jobs` processes to each run the same pure-CPU loop at once."""
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_spin, args=(rounds,)) for _ in range(jobs)]
-    start = time.perf_counter()
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join()
-    return time.perf_counter() - start
-
-
 def disk_write_seconds(folder: str, size: int) -> float:
     """Seconds to write `size` bytes to a file in `folder` in 4 MB pieces and fdatasync it: the
     least any run writing that many bytes to this disk can take, whatever its worker count."""
@@ -235,17 +216,6 @@ def disk_write_seconds(folder: str, size: int) -> float:
 
 def folder_bytes(folder: str) -> int:
     return sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(folder) for n in names)
-
-
-def cpu_ceiling(one: float, two: float) -> float:
-    """How much sooner two processes finish two equal pure-CPU jobs than one process runs them in turn.
-
-    2.0 on two free cores, less when something else runs on them: the most `--workers 2` can
-    gain over `--workers 1` then. Measured between the runs, best of each, like them. (The
-    pool's workers are killed, not waited for, so their CPU time never reaches
-    RUSAGE_CHILDREN: the shards report their own.)
-    """
-    return 2 * one / two
 
 
 def totals(states: list) -> dict:
