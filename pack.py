@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from loaders import LOADERS, BadRow  # noqa: E402
 from samplers import SAMPLERS, SamplerOptions  # noqa: E402
 from vdp import storage  # noqa: E402
-from vdp.errors import EXIT_OK, EXIT_SOME_ERRORS, EXIT_USAGE, jsonl_bytes, reason_counts  # noqa: E402
+from vdp.errors import EXIT_OK, EXIT_SOME_ERRORS, EXIT_USAGE, UsageError, jsonl_bytes, reason_counts  # noqa: E402
 from vdp.plan import machine_range, plan_tars  # noqa: E402
 from vdp.pool import WorkFailure, map_ordered  # noqa: E402
 from vdp.prefetch import prefetched  # noqa: E402
@@ -116,6 +116,10 @@ def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             p.error(f"--video_root is not a folder: {a.video_root}")
     except (PermissionError, OSError) as e:
         p.error(f"cannot reach {a.manifest}: {e}")
+    try:
+        storage.check_output_folder(a.save_path)
+    except UsageError as e:
+        p.error(str(e))
 
 
 def resolve(path: str, video_root: str | None, manifest: str) -> str:

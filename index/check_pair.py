@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.dump < 0 or args.window < 1:
             raise UsageError("--dump must be >= 0 and --window >= 1")
         options = ScanOptions(check_options(args, deep=True), root=args.dataset_path, dump=args.dump)
+        storage.check_output_folder(args.out)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    storage.makedirs(args.out)
     extra: tuple = ()  # (make_extra, its args): the decoder is built where the scan runs
     if args.tokenizer:
         from vdp.textwin import make_window_check

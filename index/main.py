@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tars = find_tars(args.dataset_path)
         options = ScanOptions(check_options(args, deep=args.deep), root=args.dataset_path)
+        storage.check_output_folder(args.output)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    storage.makedirs(args.output)
     run = run_scan(tars, options, args.workers, args.timeout, executor=executor_of(args))
     write_indexes(args, run.scans)
     return finish(run, "index", storage.join(args.output, f"{args.dataset_name}.errors.jsonl"))

@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_tokenizer(args.tokenizer)  # fail before any work; forked workers inherit it
         tars = find_input_tars(args.dataset_path)
+        storage.check_output_folder(args.save_path)
     except (TokenizerLoadError, UsageError) as e:
         print(f"tokenize/main.py: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -262,6 +262,35 @@ def write_bytes_atomically(path: str, data: bytes) -> None:
         write_stream_atomically(path, fill)
 
 
+def check_output_folder(path: str) -> None:
+    """Raise UsageError, one line, when outputs cannot go to `path`; called before any work.
+
+    Local: the folder is created and must be writable. Remote: its bucket must exist and answer
+    with the configured endpoint and credentials (a typo in the bucket, a wrong endpoint or key
+    would otherwise surface only at the first shard's upload, or after a whole index scan).
+    """
+    from vdp.errors import UsageError  # vdp.errors writes through this module
+
+    try:
+        if not is_remote(path):
+            os.makedirs(path, exist_ok=True)
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise PermissionError(f"no write permission on {path}")
+            return
+        scheme, rest = path.split("://", 1)
+        bucket = rest.split("/", 1)[0]
+        if scheme == "s3":
+            found = with_retries(lambda: _s3().exists(f"s3://{bucket}"))
+        else:
+            found = with_retries(lambda: _oss().bucket_exists(bucket))
+        if not found:
+            raise UsageError(f"bucket not found: {scheme}://{bucket} (for {path})")
+    except UsageError:
+        raise
+    except Exception as e:  # the user's to fix: a path, a permission, an endpoint or credentials
+        raise UsageError(f"cannot write to {path}: {type(e).__name__}: {e}") from None
+
+
 def makedirs(path: str) -> None:
     if not is_remote(path):
         os.makedirs(path, exist_ok=True)
