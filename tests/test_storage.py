@@ -77,6 +77,7 @@ def test_oss_adapter_through_oss2(s3, monkeypatch):
         monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", "testing")
         storage.configure(s3)  # drops cached clients
         storage.write_bytes_atomically("oss://ossbucket/d/a.tar", b"A" * 100)
+        storage.write_bytes_atomically("oss://ossbucket/d/empty.jsonl", b"")  # an errors file with no errors
         storage.write_stream_atomically("oss://ossbucket/d/e/b.tar", lambda f: f.write(b"B" * (17 * 1024 * 1024)))
 
         def dies_midway(f):
@@ -88,6 +89,7 @@ def test_oss_adapter_through_oss2(s3, monkeypatch):
         assert storage.list_files("oss://ossbucket/d", ".tar") == ["oss://ossbucket/d/a.tar", "oss://ossbucket/d/e/b.tar"]
         assert storage.size("oss://ossbucket/d/e/b.tar") == 17 * 1024 * 1024
         assert storage.read_bytes("oss://ossbucket/d/a.tar") == b"A" * 100
+        assert storage.exists("oss://ossbucket/d/empty.jsonl") and storage.read_bytes("oss://ossbucket/d/empty.jsonl") == b""
         assert not storage.exists("oss://ossbucket/d/c.tar")
         with storage.open_read("oss://ossbucket/d/e/b.tar", whole_below=0) as f:
             f.seek(-3, 2)

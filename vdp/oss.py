@@ -51,13 +51,18 @@ class _RangedReader(io.RawIOBase):
 
 
 class _MultipartWriter(io.RawIOBase):
-    """Buffers writes into parts; `complete()` publishes the object, `abort()` discards it."""
+    """Buffers writes into parts; `complete()` publishes the object, `abort()` discards it.
+
+    The multipart upload starts with the first full part: an object smaller than one part
+    (an errors file, an index) goes up in one PUT instead, which is as atomic and a third of
+    the requests.
+    """
 
     def __init__(self, bucket, key: str):
         self._bucket, self._key = bucket, key
         self._buf = bytearray()
         self._parts: list = []
-        self._upload_id = bucket.init_multipart_upload(key).upload_id
+        self._upload_id: str | None = None
 
     def writable(self) -> bool:
         return True
@@ -72,18 +77,24 @@ class _MultipartWriter(io.RawIOBase):
     def _send(self, chunk: bytes) -> None:
         import oss2
 
+        if self._upload_id is None:
+            self._upload_id = self._bucket.init_multipart_upload(self._key).upload_id
         number = len(self._parts) + 1
         result = self._bucket.upload_part(self._key, self._upload_id, number, chunk)
         self._parts.append(oss2.models.PartInfo(number, result.etag))
 
     def complete(self) -> None:
-        if self._buf or not self._parts:
+        if self._upload_id is None:
+            self._bucket.put_object(self._key, bytes(self._buf))
+            return
+        if self._buf:
             self._send(bytes(self._buf))
             self._buf.clear()
         self._bucket.complete_multipart_upload(self._key, self._upload_id, self._parts)
 
     def abort(self) -> None:
-        self._bucket.abort_multipart_upload(self._key, self._upload_id)
+        if self._upload_id is not None:
+            self._bucket.abort_multipart_upload(self._key, self._upload_id)
 
 
 class OSSFileSystem:
@@ -120,6 +131,13 @@ class OSSFileSystem:
             return self._bucket(bucket).head_object(key)
         except self._oss2.exceptions.NotFound:
             raise FileNotFoundError(path) from None
+
+    def bucket_exists(self, name: str) -> bool:
+        try:
+            next(iter(self._oss2.ObjectIterator(self._bucket(name), max_keys=1)), None)
+            return True
+        except self._oss2.exceptions.NoSuchBucket:
+            return False
 
     def exists(self, path: str) -> bool:
         bucket, key = split(path)
