@@ -4,31 +4,19 @@ pool, byte for byte (local Ray)."""
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 
 import pytest
 
 import index.check_pair as check_pair
 import index.main as index_main
 from tests.index_fixtures import energon_meta, train_sentencepiece, tree_files, write_tokenized_dataset
+from tests.ray_helpers import on_ray_only
 from tests.s3_fixtures import make_bucket, moto_server
 from tests.test_index import PATCHES, write_defect_dataset
 from tests.test_index_s3 import comparable, download_tree, upload_tree
 from vdp import stage3, storage
 
 ray = pytest.importorskip("ray")
-
-
-@contextmanager
-def on_ray_only():
-    """Every tar must be scanned by a Ray task: the driver's local redo of a failed task is refused."""
-
-    def refuse(tars, job, workers):
-        raise AssertionError(f"Ray tasks failed and were redone locally: {tars}")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(stage3, "_in_pool", refuse)
-        yield
 
 
 def energon_files(folder: str) -> dict[str, bytes]:
@@ -45,7 +33,7 @@ def test_ray_index_is_the_pools(tmp_path, ray_local):
              "--workers", "2", "--energon"]  # fmt: skip
     assert index_main.main([*flags, "--output", str(tmp_path / "pool")]) == 1
     pool_energon = energon_files(dataset)
-    with on_ray_only():
+    with on_ray_only(stage3):
         assert index_main.main([*flags, "--output", str(tmp_path / "ray"), "--executor", "ray"]) == 1
     assert tree_files(str(tmp_path / "ray")) == tree_files(str(tmp_path / "pool"))
     assert energon_files(dataset) == pool_energon and ".nv-meta/.info.json" in pool_energon
@@ -58,7 +46,7 @@ def test_ray_check_pair_decodes_and_dumps_as_the_pool(tmp_path, ray_local):
     flags = ["--dataset_path", str(tmp_path / "d"), "--dataset_name", "ds", "--patches", str(PATCHES),
              "--tokenizer", model, "--dump", "3", "--workers", "2"]  # fmt: skip
     assert check_pair.main([*flags, "--out", str(tmp_path / "pool")]) == 1
-    with on_ray_only():
+    with on_ray_only(stage3):
         assert check_pair.main([*flags, "--out", str(tmp_path / "ray"), "--executor", "ray"]) == 1
     pool, on_ray = tree_files(str(tmp_path / "pool")), tree_files(str(tmp_path / "ray"))
     assert sorted(on_ray) == sorted(pool) and len([n for n in pool if n.endswith("text.txt")]) == 3
@@ -73,7 +61,7 @@ def test_ray_tasks_read_an_s3_dataset(tmp_path, ray_local):
     dataset = write_defect_dataset(str(tmp_path / "d"))
     flags = ["--dataset_name", "ds", "--patches", str(PATCHES), "--max_len", "120", "--workers", "2"]
     assert index_main.main(["--dataset_path", dataset, "--output", str(tmp_path / "pool"), *flags]) == 1
-    with moto_server() as endpoint, on_ray_only():
+    with moto_server() as endpoint, on_ray_only(stage3):
         make_bucket(endpoint, "rayidx")
         upload_tree(endpoint, dataset, "s3://rayidx/set")
         rc = index_main.main(["--dataset_path", "s3://rayidx/set", "--output", "s3://rayidx/idx",

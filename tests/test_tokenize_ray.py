@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import os
 import random
-from contextlib import contextmanager
 
 import pytest
 
+from tests.ray_helpers import on_ray_only
 from tests.s3_fixtures import make_bucket, moto_server
 from tests.stage1_fixtures import train_llama_like_tokenizer, write_stage1_corpus
 from tests.test_index_s3 import download_tree, upload_tree
@@ -32,18 +32,6 @@ def inputs(tmp_path_factory):
     return corpus, train_llama_like_tokenizer(str(root / "llama"))
 
 
-@contextmanager
-def no_local_redo():
-    """Every group must be run by a Ray task: the driver's redo of a failed one is refused."""
-
-    def refuse(jobs, options, ex):
-        raise AssertionError(f"Ray tasks failed and were redone locally: {[j.index for j in jobs]}")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(stage2, "_in_pool", refuse)
-        yield
-
-
 def run(corpus: str, model: str, out: str, *extra: str) -> int:
     return tokenize_main.main(["--dataset_path", corpus, "--save_path", out, "--tokenizer", model, *FLAGS, *extra])
 
@@ -51,7 +39,7 @@ def run(corpus: str, model: str, out: str, *extra: str) -> int:
 def test_ray_writes_the_pools_bytes(inputs, tmp_path, ray_local):
     corpus, model = inputs
     assert run(corpus, model, str(tmp_path / "pool")) == 1
-    with no_local_redo():
+    with on_ray_only(stage2):
         assert run(corpus, model, str(tmp_path / "ray"), "--executor", "ray") == 1
     pool, on_ray = tree_bytes(str(tmp_path / "pool")), tree_bytes(str(tmp_path / "ray"))
     assert sorted(pool) == ["0-6/shard_0.tar", "0-6/shard_1.tar", "0-6/shard_2.tar", "errors.jsonl"]
@@ -63,7 +51,7 @@ def test_ray_tasks_read_and_write_s3(inputs, tmp_path, ray_local):
     corpus, model = inputs
     assert run(corpus, model, str(tmp_path / "pool")) == 1
     pool = tree_bytes(str(tmp_path / "pool"))
-    with moto_server() as endpoint, no_local_redo():
+    with moto_server() as endpoint, on_ray_only(stage2):
         make_bucket(endpoint, "raytok")
         upload_tree(endpoint, corpus, "s3://raytok/stage1")
         upload_tree(endpoint, os.path.dirname(model), "s3://raytok/tok")
