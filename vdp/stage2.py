@@ -9,8 +9,9 @@ on its input tars and the options, whatever the number of workers.
 Memory stays bounded: the packer decides each sequence within one window of samples and
 the sequence is written at once. Frames of local tars are never held, only their place in the
 input tar: when their sequence is written they are copied file to file (vdp.tarslices),
-untouched. Frames of tars in object storage (s3://, oss://) cannot be copied that way, so
-their bytes wait with their samples: at most one --pack_buffer window of samples' frames.
+untouched. Frames of tars in object storage (s3://, oss://) have no such file: their bytes go
+to a local spool (vdp.spool) as their sample is tokenized and are copied from there the same
+way; the spool gives a sequence's blocks back once it is written.
 
 Every path may be local or remote (vdp.storage): input tars are streamed, shards go up as
 multipart uploads that appear only when complete, and `is_done` asks the store. A group is
@@ -40,6 +41,7 @@ from vdp.packing import PACKERS, lower_bound, sequence_length
 from vdp.pool import WorkFailure, call_with_alarm, map_ordered
 from vdp.ray_executor import ray_map_units
 from vdp.shards import list_tars
+from vdp.spool import FrameSpool
 from vdp.tario import write_bytes_atomically
 from vdp.tarslices import FileSlice, StoreFault, read_range, write_tar_slices_atomically
 from vdp.tokens import ConversationTokenizer, load_tokenizer
@@ -94,6 +96,7 @@ class Tokenized:
     ids: array
     mask: bytes
     images: list[ImageRef]
+    frames_path: str = ""  # the file its images' offsets point into: its tar, or the group's spool
 
 
 # --- planning and state ----------------------------------------------------------------------
@@ -206,8 +209,14 @@ def tokenize_sample(sample: FrameSample, conv: ConversationTokenizer, max_len: i
     return ids, mask
 
 
-def _tokenized(job: GroupJob, conv: ConversationTokenizer, options: TokenizeOptions, errors: list[dict]):
-    """Tokenized samples of the group's tars, in order; failures go to `errors`."""
+def _tokenized(
+    job: GroupJob, conv: ConversationTokenizer, options: TokenizeOptions, errors: list[dict], spool: FrameSpool
+):
+    """Tokenized samples of the group's tars, in order; failures go to `errors`.
+
+    A remote tar's frames come with their bytes: those go to the spool, so a sample waiting
+    in the packing window holds only their place there.
+    """
     typecode = "H" if conv.max_id < 1 << 16 else "i"  # LLaMA-2 ids fit 16 bits: half the memory
     for path, name in zip(job.tars, job.names):
         for sample in read_frame_samples(path, errors):
@@ -216,7 +225,17 @@ def _tokenized(job: GroupJob, conv: ConversationTokenizer, options: TokenizeOpti
             except RecordError as e:
                 errors.append(error_entry(sample.key, path, str(e)))
                 continue
-            yield Tokenized(sample.key, name, path, array(typecode, ids), bytes(mask), sample.images)
+            images, frames_path = sample.images, path
+            if any(ref.data is not None for ref in images):
+                images = [_spooled(ref, spool) for ref in images]
+                frames_path = spool.path
+            yield Tokenized(sample.key, name, path, array(typecode, ids), bytes(mask), images, frames_path)
+
+
+def _spooled(ref: ImageRef, spool: FrameSpool) -> ImageRef:
+    assert ref.data is not None
+    piece = spool.put(ref.data)
+    return ImageRef(ref.member, piece.offset, piece.size, ref.width, ref.height)
 
 
 def tokenize_group(job: GroupJob) -> GroupResult:
@@ -228,9 +247,10 @@ def tokenize_group(job: GroupJob) -> GroupResult:
     shrink_errors: list[dict] = []  # frames kept unshrunk: their samples are still packed
     lengths: list[int] = []
     waiting: dict[int, Tokenized] = {}
+    spool = FrameSpool()
 
     def length_stream() -> Iterator[int]:
-        for t in _tokenized(job, conv, options, result.errors):
+        for t in _tokenized(job, conv, options, result.errors, spool):
             waiting[len(lengths)] = t
             lengths.append(len(t.ids))
             yield lengths[-1]
@@ -240,10 +260,15 @@ def tokenize_group(job: GroupJob) -> GroupResult:
             parts = [waiting.pop(i) for i in b]
             key = f"{job.first_tar:06d}-{j:06d}"
             yield from sequence_members(key, parts, options, result, shrink_errors)
+            for p in parts:  # written (the writer copies each member as it comes): its spooled frames can go
+                if p.frames_path == spool.path:
+                    for ref in p.images:
+                        spool.give_back(FileSlice(spool.path, ref.offset, ref.size))
             result.sequences += 1
             result.samples += len(parts)
 
-    write_tar_slices_atomically(shard_path(job), members())
+    with spool:
+        write_tar_slices_atomically(shard_path(job), members())
     result.rejected = sum(1 for e in result.errors if e["key"])  # tar-level rows have no sample key
     result.errors += shrink_errors
     result.tokens = sum(lengths) - result.samples + result.sequences
@@ -271,11 +296,10 @@ def run_group(job: GroupJob) -> GroupResult | WorkFailure:
 
 
 def _frame(part: Tokenized, ref: ImageRef, options: TokenizeOptions, result: GroupResult, errors: list) -> Data:
-    """The frame passed through (a slice of its local tar, or the bytes read from a remote one),
-    or shrunk bytes when too big."""
+    """The frame passed through (a slice of its local tar or of the spool), or shrunk bytes when too big."""
     if fit_size(ref.width, ref.height, options.max_side) == (ref.width, ref.height):
-        return ref.data if ref.data is not None else FileSlice(part.tar_path, ref.offset, ref.size)
-    data = ref.data if ref.data is not None else _read_local(part.tar_path, ref)
+        return FileSlice(part.frames_path, ref.offset, ref.size)
+    data = _read_local(part.frames_path, ref)
     try:
         small = fit_jpeg(data, ref.width, ref.height, options.max_side, options.jpeg_quality)
     except RecordError as e:
