@@ -128,10 +128,6 @@ def resolve(path: str, video_root: str | None, manifest: str) -> str:
     return storage.join(video_root if video_root else storage.dirname(manifest), path)
 
 
-def absolute(path: str) -> str:
-    return path if storage.is_remote(path) else os.path.abspath(path)
-
-
 def check_same_flags(save_path: str, machine_id: int, flags: dict) -> str:
     """A rerun into the same folder must use the same flags, or resumed tars would mix outputs."""
     path = storage.join(save_path, STATE_DIR, f"flags-{machine_id}.json")
@@ -184,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     flags = {
         "dataset": args.dataset,
-        "manifest": absolute(args.manifest),
-        "video_root": args.video_root and absolute(args.video_root),
+        "manifest": storage.absolute(args.manifest),
+        "video_root": args.video_root and storage.absolute(args.video_root),
         "range": [lo, hi],
         "samples_per_tar": args.samples_per_tar,
         "options": json.loads(json.dumps(options, default=lambda o: o.__dict__)),
@@ -229,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         reason_counts(errors),
     )
-    print(f"shards: {absolute(args.save_path)}  errors: {errors_path}", flush=True)
+    print(f"shards: {storage.absolute(args.save_path)}  errors: {errors_path}", flush=True)
     return EXIT_SOME_ERRORS if errors else EXIT_OK
 
 

@@ -164,10 +164,6 @@ def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"--dataset_path is not a folder: {a.dataset_path}")
 
 
-def absolute(path: str) -> str:
-    return path if storage.is_remote(path) else os.path.abspath(path)
-
-
 def find_input_tars(dataset_path: str) -> list[str]:
     """The sorted input tars; a remote prefix that cannot be listed or holds none is a usage error."""
     try:
@@ -210,7 +206,7 @@ def summarize(results: list[GroupResult], max_len: int) -> dict:
 
 def options_of(args: argparse.Namespace) -> TokenizeOptions:
     return TokenizeOptions(
-        tokenizer=absolute(args.tokenizer),
+        tokenizer=storage.absolute(args.tokenizer),
         sample_type=args.sample_type,
         patches=args.patches,
         max_len=args.max_len,
@@ -265,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = storage.join(args.save_path, f"{start}-{end}")
     jobs = plan_groups(tars, args.dataset_path, start, end, args.shard_size, out_dir)
     options = options_of(args)
-    flags = {"dataset_path": absolute(args.dataset_path), "shard_size": args.shard_size, **options.__dict__}
+    flags = {"dataset_path": storage.absolute(args.dataset_path), "shard_size": args.shard_size, **options.__dict__}
     problem = check_same_flags(out_dir, flags)
     if problem:
         print(f"tokenize/main.py: error: {problem}", file=sys.stderr)
@@ -289,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens_per_s=sum(r.tokens for r in fresh) / seconds if seconds > 0 else 0.0,
     )
     print_summary("tokenize", fields, reason_counts(range_errors))
-    print(f"shards: {absolute(out_dir)}  errors: {absolute(errors_path)}", flush=True)
+    print(f"shards: {storage.absolute(out_dir)}  errors: {storage.absolute(errors_path)}", flush=True)
     return EXIT_SOME_ERRORS if range_errors else EXIT_OK
 
 

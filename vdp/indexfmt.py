@@ -32,7 +32,7 @@ ENERGON_DIR = ".nv-meta"  # energon's metadata folder inside the dataset folder
 
 def default_url(scan: TarScan) -> str:
     """Where the tar was scanned: its absolute path, or its s3:// / oss:// URL."""
-    return scan.path if storage.is_remote(scan.path) else os.path.abspath(scan.path)
+    return storage.absolute(scan.path)
 
 
 def prefixed_url(prefix: str) -> Callable[[TarScan], str]:

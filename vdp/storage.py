@@ -61,6 +61,11 @@ def dirname(path: str) -> str:
     return os.path.dirname(os.path.abspath(path))
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute; a URL as it is (what is written into flags files and indexes)."""
+    return path if is_remote(path) else os.path.abspath(path)
+
+
 def basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
