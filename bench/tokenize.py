@@ -65,22 +65,13 @@ import numpy as np  # noqa: E402
 import sentencepiece as spm  # noqa: E402
 
 from bench.ceiling import cpu_ceiling, spin_seconds  # noqa: E402
+from tests.scripts import tokenize_cli  # noqa: E402
 from tests.stage1_fixtures import BENCH_SIZES, train_llama_like_tokenizer, write_stage1_corpus  # noqa: E402
 from vdp.shards import iter_samples, list_tars  # noqa: E402
 from vdp.stage2 import read_state  # noqa: E402
 from vdp.tario import iter_tar_members, split_member_name  # noqa: E402
 
-
-def load_cli():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tokenize_main", os.path.join(REPO, "tokenize", "main.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CLI = load_cli()
+CLI = tokenize_cli()
 
 
 # --- the seed's method, as its tokenize/main.py and tokenizer.py did it ----------------------

@@ -4,7 +4,6 @@ and every frame pack.py wrote reaches a packed sequence untouched."""
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 
@@ -14,16 +13,8 @@ import webdataset as wds
 
 import pack
 from tests.pack_helpers import make_videos, read_samples, write_manifest
+from tests.scripts import tokenize_cli
 from tests.stage1_fixtures import train_llama_like_tokenizer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_script(name: str, path: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +34,7 @@ def test_pack_then_tokenize(tmp_path, tokenizer_model, kind):
     stage1 = read_samples(shards)
     vocab = spm.SentencePieceProcessor(model_file=tokenizer_model).get_piece_size()
 
-    tokenize_main = load_script("tokenize_main_e2e", "tokenize/main.py")
+    tokenize_main = tokenize_cli()
     tokens = str(tmp_path / "tokens")
     patches = 8
     rc = tokenize_main.main(["--dataset_path", shards, "--save_path", tokens, "--tokenizer", tokenizer_model,

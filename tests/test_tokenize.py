@@ -8,7 +8,6 @@ so every id path of the real model is exercised without downloading it.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import io
 import json
 import os
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
+from tests.scripts import tokenize_cli
 from tests.stage1_fixtures import (
     EXTRA,
     JpegPool,
@@ -43,15 +43,7 @@ from vdp.tokens import ConversationTokenizer, load_tokenizer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_cli():
-    """tokenize/main.py under its own name: the folder is not a package (it would shadow stdlib tokenize)."""
-    spec = importlib.util.spec_from_file_location("tokenize_main", os.path.join(ROOT, "tokenize", "main.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tokenize_main = _load_cli()
+tokenize_main = tokenize_cli()
 
 # --- fixtures ------------------------------------------------------------------------------
 
