@@ -96,7 +96,7 @@ class Tokenized:
     ids: array
     mask: bytes
     images: list[ImageRef]
-    frames_path: str = ""  # the file its images' offsets point into: its tar, or the group's spool
+    frames_path: str  # the file its images' offsets point into: its tar, or the group's spool
 
 
 # --- planning and state ----------------------------------------------------------------------
