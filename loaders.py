@@ -1,239 +1,195 @@
-"""Dataset loaders: turn an annotation file into records, one per clip, in file order.
+"""Dataset loaders: each public annotation format, read exactly as its publisher ships it.
 
-A loader is a generator function registered under a `--dataset` name. It yields, for every
-row of the annotation, either a `Record` or a `BadRow` (the row's place and why it is
-unusable): bad rows are kept in the numbering and reported, never dropped or fatal.
-Paths in records are as written in the annotation; pack.py resolves relative ones against
-`--video_root` (else the annotation's folder). Annotations are opened through vdp.storage, so
-they may live on s3:// or oss:// too.
+A loader is a function registered under a `--dataset` name. The package reads the manifest
+(streaming, any size) and hands the loader one row at a time: a dict for JSON lines, CSV,
+TSV and parquet rows, a (key, value) pair for the entries of one big JSON object. The loader
+returns a `Record`, or a `BadRow` saying why the row is unusable (with `many=True`: any
+number of them, e.g. the clips of one video). Rows that are not UTF-8, not JSON or have the
+wrong number of fields never reach the loader: they are bad rows already. Bad rows keep their
+number and go to the errors file; nothing is dropped.
+
+Paths are as written in the annotation; pack.py resolves relative ones against `--video_root`
+(else the manifest's folder). A path ending in `.*` is the first existing file with a common
+video extension; `clip_path` is a pre-cut file of the span, used when it exists.
 
 Adding a dataset (a ~15-line job):
 
-    @loader("mycsv")
-    def load_mycsv(path):
-        for where, row in csv_rows(path):
-            if not row.get("file"):
-                yield BadRow(where, "missing file column")
-                continue
-            yield Record(video_path=row["file"], caption=row.get("text", ""), video_id=row["file"])
+    @loader("mycsv", rows="csv")
+    def load_mycsv(row, where, options):
+        \"\"\"My CSV: file, text.\"\"\"
+        return make_record(where, row.get("file"), row.get("text"), video_id=row.get("file"))
+
+`--dataset table` with `--video_col/--caption_col` reads any CSV, TSV, jsonl or parquet file
+without code.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import re
+from collections.abc import Iterator
 
-from vdp import storage
-
-
-@dataclass(frozen=True)
-class Record:
-    video_path: str
-    caption: str
-    video_id: str = ""
-    start: float | None = None  # clip span in seconds, when the record is part of a video
-    end: float | None = None
-
-
-@dataclass(frozen=True)
-class BadRow:
-    where: str  # "file:line" or "file:key"
-    reason: str
-
-
-LOADERS: dict[str, Callable[[str], Iterator[Record | BadRow]]] = {}
-
-
-def loader(name: str):
-    def register(fn):
-        LOADERS[name] = fn
-        return fn
-
-    return register
-
-
-# --- readers shared by the loaders -----------------------------------------------------------
-
-
-def jsonl_rows(path: str) -> Iterator[tuple[str, dict | None, str]]:
-    """(where, object or None, reason) for every non-blank line of a JSON-lines file."""
-    with storage.open_text(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield where, None, f"bad JSON: {e.msg}"
-                continue
-            if not isinstance(obj, dict):
-                yield where, None, "not a JSON object"
-                continue
-            yield where, obj, ""
-
-
-def csv_rows(path: str) -> Iterator[tuple[str, dict]]:
-    with storage.open_text(path, newline="") as f:
-        for n, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
-            yield f"{path}:{n}", row
-
-
-def parse_time(value) -> float:
-    """Seconds from a number or an "HH:MM:SS.mmm" / "MM:SS" string."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    seconds = 0.0
-    for part in str(value).strip().split(":"):
-        seconds = seconds * 60 + float(part)
-    return seconds
-
-
-def _span(where: str, start, end) -> tuple[float | None, float | None, str]:
-    """Parse a clip span; the third item is a reason when it is unusable."""
-    if start is None and end is None:
-        return None, None, ""
-    try:
-        s = parse_time(start) if start is not None else 0.0
-        e = parse_time(end) if end is not None else None
-    except ValueError:
-        return None, None, f"bad clip span {start!r}..{end!r}"
-    if s < 0 or (e is not None and e <= s):
-        return None, None, f"empty clip span {s}..{e}"
-    return s, e, ""
-
-
-def _record(where: str, path, caption, video_id="", start=None, end=None) -> Record | BadRow:
-    if not path or not isinstance(path, str):
-        return BadRow(where, "missing video path")
-    if caption is None or not isinstance(caption, str):
-        return BadRow(where, "missing caption")
-    s, e, reason = _span(where, start, end)
-    if reason:
-        return BadRow(where, reason)
-    return Record(path, caption, str(video_id or ""), s, e)
-
+from vdp.manifest import (  # noqa: F401 (re-exported for loaders users write)
+    LOADERS,
+    BadRow,
+    LoaderOptions,
+    Record,
+    loader,
+    make_record,
+    parse_span,
+    parse_time,
+)
 
 # --- the datasets --------------------------------------------------------------------------
 
 
 @loader("jsonl")
-def load_jsonl(path: str) -> Iterator[Record | BadRow]:
-    """One object a line: video_path, value (or caption), optional video_id, start, end."""
-    for where, obj, reason in jsonl_rows(path):
-        if obj is None:
-            yield BadRow(where, reason)
-            continue
-        caption = obj.get("value", obj.get("caption"))
-        yield _record(where, obj.get("video_path"), caption, obj.get("video_id"), obj.get("start"), obj.get("end"))
+def load_jsonl(obj: dict, where: str, options: LoaderOptions):
+    """Our own jsonl: video_path, value (or caption), optional video_id, start, end."""
+    caption = obj.get("value", obj.get("caption"))
+    return make_record(where, obj.get("video_path"), caption, obj.get("video_id"), obj.get("start"), obj.get("end"))
 
 
-@loader("webvid")
-def load_webvid(path: str) -> Iterator[Record | BadRow]:
-    """WebVid CSV (videoid, name, page_dir): videos at {page_dir}/{videoid}.mp4."""
-    for where, row in csv_rows(path):
-        vid, page = (row.get("videoid") or "").strip(), (row.get("page_dir") or "").strip()
-        if not vid or not page:
-            yield BadRow(where, "missing videoid or page_dir")
-            continue
-        yield _record(where, f"{page}/{vid}.mp4", row.get("name"), vid)
+@loader("table", rows="table")
+def load_table(row: dict, where: str, options: LoaderOptions):
+    """Any CSV, TSV, jsonl or parquet file, columns named by --video_col, --caption_col, ..."""
+    def col(name: str):
+        return row.get(name) if name else None
+
+    video = col(options.video_col)
+    start, end = col(options.start_col), col(options.end_col)
+    return make_record(where, str(video) if video not in (None, "") else None, col(options.caption_col),
+                       col(options.id_col) or "", start if start != "" else None, end if end != "" else None)
+
+
+@loader("webvid", rows="csv", urls=True)
+def load_webvid(row: dict, where: str, options: LoaderOptions):
+    """WebVid results_*.csv (2M or 10M column order): videos at {page_dir}/{videoid}.mp4."""
+    vid, page = (row.get("videoid") or "").strip(), (row.get("page_dir") or "").strip()
+    if options.source == "url":
+        if not vid or not row.get("contentUrl"):
+            return BadRow(where, "missing videoid or contentUrl")
+        return make_record(where, row["contentUrl"].strip(), row.get("name"), vid)
+    if not vid or not page:
+        return BadRow(where, "missing videoid or page_dir")
+    return make_record(where, f"{page}/{vid}.mp4", row.get("name"), vid)
+
+
+INTERNVID_FIELDS = ("YoutubeID", "Start_timestamp", "End_timestamp", "Caption")
 
 
 @loader("internvid")
-def load_internvid(path: str) -> Iterator[Record | BadRow]:
-    """InternVid jsonl: YoutubeID, Start_timestamp, End_timestamp, Caption.
+def load_internvid(obj: dict, where: str, options: LoaderOptions):
+    """InternVid jsonl: YoutubeID, Start_timestamp, End_timestamp, Caption, scores.
 
-    With a `clip_path` (or `video_path`) the row names a pre-cut clip file; otherwise the clip
-    is the span of the long video {YoutubeID}.mp4.
+    The video is the pre-cut clip {YoutubeID}_{Start}_{End}.* when it exists, else the span
+    of the whole download {YoutubeID}.*; the scores go to the json's `meta`.
     """
-    for where, obj, reason in jsonl_rows(path):
-        if obj is None:
-            yield BadRow(where, reason)
-            continue
-        vid = obj.get("YoutubeID")
-        clip = obj.get("clip_path") or obj.get("video_path")
-        if clip:
-            yield _record(where, clip, obj.get("Caption"), vid or clip)
-        elif not vid:
-            yield BadRow(where, "missing YoutubeID")
-        else:
-            start, end = obj.get("Start_timestamp"), obj.get("End_timestamp")
-            yield _record(where, f"{vid}.mp4", obj.get("Caption"), vid, start, end)
+    vid, start, end = obj.get("YoutubeID"), obj.get("Start_timestamp"), obj.get("End_timestamp")
+    if not vid or not isinstance(vid, str):
+        return BadRow(where, "missing YoutubeID")
+    if start is None or end is None:
+        return BadRow(where, "missing Start_timestamp or End_timestamp")
+    meta = {k: v for k, v in obj.items() if k not in INTERNVID_FIELDS}
+    return make_record(where, f"{vid}.*", obj.get("Caption"), vid, start, end,
+                       clip_path=f"{vid}_{start}_{end}.*", meta=meta)
 
 
-@loader("hd-vila")
-def load_hdvila(path: str) -> Iterator[Record | BadRow]:
-    """HD-VILA clip jsonl: video_id, clip_id, span [start, end], caption (or text).
+@loader("hd-vila", many=True)
+def load_hdvila(obj: dict, where: str, options: LoaderOptions) -> Iterator:
+    """HD-VILA-100M hdvila_part*.jsonl: a video with its clips [{clip_id, span}], one record a clip.
 
-    The clip file is {clip_id} when it exists as a path, else the span of {video_id}.mp4.
+    The clip file is {video_id}/{clip_id} (what the release's cutting script writes) when it
+    exists, else the span of the whole video {video_id}.*. The release has no captions: a
+    clip's `caption`/`text` when present, else --captions by clip_id.
     """
-    for where, obj, reason in jsonl_rows(path):
-        if obj is None:
-            yield BadRow(where, reason)
-            continue
-        vid, span = obj.get("video_id"), obj.get("span")
-        caption = obj.get("caption", obj.get("text"))
-        if obj.get("clip_path"):
-            yield _record(where, obj["clip_path"], caption, obj.get("clip_id") or vid)
-        elif not vid or not isinstance(span, list) or len(span) != 2:
-            yield BadRow(where, "missing video_id or span [start, end]")
-        else:
-            yield _record(where, f"{vid}.mp4", caption, obj.get("clip_id") or vid, span[0], span[1])
-
-
-@loader("how2link")
-def load_how2link(path: str) -> Iterator[Record | BadRow]:
-    """How2link jsonl: each line a video with `clips`, each clip {clip_path, caption}."""
-    for where, obj, reason in jsonl_rows(path):
-        if obj is None:
-            yield BadRow(where, reason)
-            continue
-        clips = obj.get("clips")
-        if not isinstance(clips, list) or not clips:
-            yield BadRow(where, "missing clips list")
-            continue
-        for i, clip in enumerate(clips):
-            here = f"{where}#clip{i}"
-            if not isinstance(clip, dict):
-                yield BadRow(here, "clip is not an object")
-                continue
-            vid = clip.get("clip_id") or obj.get("video_id") or clip.get("clip_path")
-            yield _record(here, clip.get("clip_path"), clip.get("caption"), vid)
-
-
-EGO4D_WINDOW = 4.0  # seconds of video around each narration timestamp
-
-
-@loader("ego4d")
-def load_ego4d(path: str) -> Iterator[Record | BadRow]:
-    """Ego4D narration.json: {video_uid: {narration_pass_1: {narrations: [...]}}}.
-
-    Each narration becomes the clip of EGO4D_WINDOW seconds centred on its timestamp in
-    {video_uid}.mp4; the caption is the narration text without its "#C " tag.
-    """
-    try:
-        with storage.open_text(path) as f:
-            videos = json.load(f)
-    except json.JSONDecodeError as e:
-        yield BadRow(f"{path}:{e.lineno}", f"bad JSON: {e.msg}")
+    vid, clips = obj.get("video_id"), obj.get("clip")
+    if not vid or not isinstance(vid, str):
+        yield BadRow(where, "missing video_id")
         return
-    if not isinstance(videos, dict):
-        yield BadRow(path, "not a JSON object of videos")
+    if not isinstance(clips, list) or not clips:
+        yield BadRow(where, "missing clip list")
         return
-    for uid, entry in videos.items():
-        passes = [v for k, v in sorted(entry.items()) if k.startswith("narration_pass")] if isinstance(entry, dict) else []
-        narrations = [n for p in passes if isinstance(p, dict) for n in p.get("narrations") or []]
-        if not narrations:
-            yield BadRow(f"{path}:{uid}", "no narrations")
+    for i, clip in enumerate(clips):
+        here = f"{where}#clip{i}"
+        if not isinstance(clip, dict) or not clip.get("clip_id"):
+            yield BadRow(here, "clip without clip_id")
             continue
-        for i, n in enumerate(narrations):
-            where = f"{path}:{uid}#{i}"
-            if not isinstance(n, dict) or not isinstance(n.get("timestamp_sec"), (int, float)):
-                yield BadRow(where, "narration without timestamp_sec")
+        span = clip.get("span")
+        if not isinstance(span, list) or len(span) != 2:
+            yield BadRow(here, "clip without span [start, end]")
+            continue
+        caption = clip.get("caption", clip.get("text"))
+        yield make_record(here, f"{vid}.*", caption, clip["clip_id"], span[0], span[1],
+                          clip_path=f"{vid}/{clip['clip_id']}", caption_optional=True)
+
+
+HOW2LINK_SPAN = re.compile(r"^\s*(\d+(?::\d+){0,2}(?:\.\d+)?)\s*-\s*(\d+(?::\d+){0,2}(?:\.\d+)?)\s*$")
+
+
+@loader("how2link", rows="table", many=True)
+def load_how2link(row: dict, where: str, options: LoaderOptions) -> Iterator:
+    """Howto-Interlink7M TSV (path, clips = JSON [{clip: "H:MM:SS - H:MM:SS", caption}]), one record a clip.
+
+    Also our earlier jsonl form: {video_id, clips: [{clip_path, caption}]}.
+    """
+    clips = row.get("clips")
+    if isinstance(clips, str):
+        try:
+            clips = json.loads(clips)
+        except json.JSONDecodeError as e:
+            yield BadRow(where, f"clips is not JSON: {e.msg}")
+            return
+    if not isinstance(clips, list) or not clips:
+        yield BadRow(where, "missing clips list")
+        return
+    video = row.get("path")
+    for i, clip in enumerate(clips):
+        here = f"{where}#clip{i}"
+        if not isinstance(clip, dict):
+            yield BadRow(here, "clip is not an object")
+        elif clip.get("clip_path") or not video:  # the jsonl form: one file a clip
+            vid = clip.get("clip_id") or row.get("video_id") or clip.get("clip_path")
+            yield make_record(here, clip.get("clip_path"), clip.get("caption"), vid)
+        else:
+            span = HOW2LINK_SPAN.match(str(clip.get("clip", "")))
+            if not span:
+                yield BadRow(here, f"bad clip span {clip.get('clip')!r} (want 'H:MM:SS - H:MM:SS')")
                 continue
-            text = str(n.get("narration_text") or "").replace("#C ", "").replace("#c ", "").strip()
-            t = float(n["timestamp_sec"])
-            start = max(0.0, t - EGO4D_WINDOW / 2)
-            yield _record(where, f"{uid}.mp4", text or None, uid, start, start + EGO4D_WINDOW)
+            path = video if "." in video.rsplit("/", 1)[-1] else f"{video}.*"
+            yield make_record(here, path, clip.get("caption"), video.rsplit("/", 1)[-1].split(".")[0],
+                              span.group(1), span.group(2))
+
+
+EGO4D_TAG = re.compile(r"(?<!\S)#[A-Za-z_]+(?!\S) ?")
+
+
+def clean_ego4d_text(text: str) -> str:
+    """Ego4D narration text without its tags (#C, #O, #unsure, #summary ...), else unchanged."""
+    return EGO4D_TAG.sub("", text).strip()
+
+
+@loader("ego4d", rows="json-object", many=True)
+def load_ego4d(entry: tuple, where: str, options: LoaderOptions) -> Iterator:
+    """Ego4D narration.json (v1, v2), streamed: a clip of --ego4d_window seconds around each narration."""
+    uid, video = entry
+    if not isinstance(video, dict):
+        yield BadRow(where, "video entry is not an object")
+        return
+    passes = ["narration_pass_1", "narration_pass_2"]
+    passes = passes if options.ego4d_pass == "both" else [f"narration_pass_{options.ego4d_pass}"]
+    narrations = [n for p in passes if isinstance(video.get(p), dict) for n in video[p].get("narrations") or []]
+    if not narrations:
+        status = video.get("status")
+        yield BadRow(where, f"no narrations in {' or '.join(passes)}" + (f" (status {status})" if status else ""))
+        return
+    half = options.ego4d_window / 2
+    for i, n in enumerate(narrations):
+        here = f"{where}#{i}"
+        t = n.get("timestamp_sec") if isinstance(n, dict) else None
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0:
+            yield BadRow(here, "narration without a valid timestamp_sec")
+            continue
+        text = clean_ego4d_text(str(n.get("narration_text") or ""))
+        start = max(0.0, float(t) - half)  # the window keeps its length at the video's start
+        yield make_record(here, f"{uid}.mp4", text or None, uid, start, start + options.ego4d_window)

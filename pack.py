@@ -10,16 +10,18 @@ same command skips finished tars.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from loaders import LOADERS, BadRow  # noqa: E402
+import loaders  # noqa: E402,F401 (registers the datasets)
 from samplers import SAMPLERS, SamplerOptions  # noqa: E402
 from vdp import storage  # noqa: E402
 from vdp.errors import EXIT_OK, EXIT_SOME_ERRORS, EXIT_USAGE, UsageError, jsonl_bytes, reason_counts  # noqa: E402
+from vdp.manifest import LOADERS, BadRow, LoaderOptions, Manifest, Record, fill_captions  # noqa: E402
 from vdp.plan import machine_range, plan_tars  # noqa: E402
 from vdp.pool import WorkFailure, map_ordered  # noqa: E402
 from vdp.prefetch import prefetched  # noqa: E402
@@ -73,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", required=True, choices=["video-only", *sorted(SAMPLERS)], help="what a sample holds")
     p.add_argument("--save_path", required=True, help="output folder for the tars")
     p.add_argument("--video_root", default=None, help="folder relative video paths are under (default: the manifest's folder)")
+    p.add_argument("--source", default="path", choices=["path", "url"],
+                   help="url: take the dataset's video URL column (webvid's contentUrl) instead of the local layout")
+    p.add_argument("--captions", default=None,
+                   help="jsonl/csv/tsv of clip_id (or video_id, id) -> caption (or text), for records without one (hd-vila)")
+    p.add_argument("--ego4d_pass", default="1", choices=["1", "2", "both"], help="ego4d: narration pass(es) to read")
+    p.add_argument("--ego4d_window", type=float, default=4.0, help="ego4d: seconds of video around each narration")
+    for col, what in (("video_col", "video path or URL"), ("caption_col", "caption"), ("id_col", "video id"),
+                      ("start_col", "clip start (seconds or HH:MM:SS.mmm)"), ("end_col", "clip end")):
+        p.add_argument(f"--{col}", default="", help=f"table: the column holding the {what}")
     p.add_argument("--machine_id", type=int, default=0)
     p.add_argument("--total_machine", type=int, default=1)
     p.add_argument("--start", type=int, default=None, help="first record index (overrides the machine split)")
@@ -108,12 +119,21 @@ def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error("--backend decord works with --type un only (kf needs every frame's picture type)")
     if not 1 <= a.jpeg_quality <= 100:
         p.error("--jpeg_quality must be in 1..100")
+    if a.dataset == "table" and not (a.video_col and a.caption_col):
+        p.error("--dataset table needs --video_col and --caption_col")
+    if a.source == "url" and not LOADERS[a.dataset].urls:
+        p.error(f"--source url: the {a.dataset} manifest has no video URL column to read"
+                " (YouTube-hosted datasets: download with yt-dlp first, see README)")
+    if not a.ego4d_window > 0:
+        p.error("--ego4d_window must be positive")
     storage.configure(a.s3_endpoint)
     try:
         if not storage.exists(a.manifest) or storage.isdir(a.manifest):
             p.error(f"manifest not found: {a.manifest}")
         if a.video_root is not None and not storage.is_remote(a.video_root) and not os.path.isdir(a.video_root):
             p.error(f"--video_root is not a folder: {a.video_root}")
+        if a.captions is not None and not storage.exists(a.captions):
+            p.error(f"--captions file not found: {a.captions}")
     except (PermissionError, OSError) as e:
         p.error(f"cannot reach {a.manifest}: {e}")
     try:
@@ -126,6 +146,30 @@ def resolve(path: str, video_root: str | None, manifest: str) -> str:
     if os.path.isabs(path) or storage.is_remote(path):
         return path
     return storage.join(video_root if video_root else storage.dirname(manifest), path)
+
+
+def resolve_entry(entry, video_root: str | None, manifest: str):
+    """The entry with its paths made openable (relative ones under --video_root)."""
+    if isinstance(entry, BadRow):
+        return entry
+    clip = resolve(entry.clip_path, video_root, manifest) if entry.clip_path else ""
+    return dataclasses.replace(entry, video_path=resolve(entry.video_path, video_root, manifest), clip_path=clip)
+
+
+def loader_options(a: argparse.Namespace) -> LoaderOptions:
+    return LoaderOptions(a.source, a.ego4d_pass, a.ego4d_window, a.video_col, a.caption_col, a.id_col,
+                         a.start_col, a.end_col)
+
+
+def read_manifest(args, manifest: Manifest) -> tuple[int, int, dict]:
+    """This machine's range and its entries: one streaming pass counts, then only the range is parsed."""
+    try:
+        index = manifest.index()
+    except (ValueError, OSError) as e:
+        raise UsageError(f"cannot read manifest {args.manifest}: {e}") from None
+    lo, hi = machine_range(index.total, args.machine_id, args.total_machine, args.start, args.end)
+    entries = fill_captions(list(manifest.entries(index, lo, hi)), args.captions)
+    return lo, hi, {i: resolve_entry(e, args.video_root, args.manifest) for i, e in entries}
 
 
 def check_same_flags(save_path: str, machine_id: int, flags: dict) -> str:
@@ -167,8 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     check_args(parser, args)
     clock = Stopwatch()
 
-    entries = list(LOADERS[args.dataset](args.manifest))
-    lo, hi = machine_range(len(entries), args.machine_id, args.total_machine, args.start, args.end)
+    manifest = Manifest(args.manifest, LOADERS[args.dataset], loader_options(args))
+    try:
+        lo, hi, entries = read_manifest(args, manifest)
+    except UsageError as e:
+        print(f"pack.py: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     plans = plan_tars(lo, hi, args.samples_per_tar, args.machine_id)
     options = PackOptions(
         type=args.type,
@@ -182,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": args.dataset,
         "manifest": storage.absolute(args.manifest),
         "video_root": args.video_root and storage.absolute(args.video_root),
+        "loader": json.loads(json.dumps(manifest.options.__dict__)),
+        "captions": args.captions and storage.absolute(args.captions),
         "range": [lo, hi],
         "samples_per_tar": args.samples_per_tar,
         "options": json.loads(json.dumps(options, default=lambda o: o.__dict__)),
@@ -193,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
     todo = [p for p in plans if not is_done(args.save_path, p)]
     items = [
-        WorkItem(i, entries[i], "" if isinstance(entries[i], BadRow) else resolve(entries[i].video_path, args.video_root, args.manifest))
+        WorkItem(i, entries[i], entries[i].video_path if isinstance(entries[i], Record) else "")
         for p in todo
         for i in range(p.start, p.end)
     ]

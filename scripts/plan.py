@@ -20,8 +20,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from loaders import LOADERS  # noqa: E402
+import loaders  # noqa: E402,F401 (registers the datasets)
 from vdp import storage  # noqa: E402
+from vdp.manifest import LOADERS, Manifest  # noqa: E402
 from vdp.plan import machine_range, plan_tars  # noqa: E402
 from vdp.stage2 import list_input_tars, plan_groups, tar_range  # noqa: E402
 
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_stage1(a: argparse.Namespace, machines: list[int]) -> None:
-    count = sum(1 for _ in LOADERS[a.dataset](a.manifest))
+    count = Manifest(a.manifest, LOADERS[a.dataset]).index().total
     print(f"{count} records, {a.total_machine} machines, {a.samples_per_tar} samples per tar")
     for m in machines:
         lo, hi = machine_range(count, m, a.total_machine)

@@ -22,6 +22,7 @@ from samplers import SAMPLERS, SamplerOptions
 from vdp import storage
 from vdp.decord_backend import decode_chosen_decord
 from vdp.errors import RecordError, error_entry, jsonl_bytes
+from vdp.locate import locate, needs_locating
 from vdp.plan import TarPlan, sample_key
 from vdp.pool import WorkFailure, call_with_alarm
 from vdp.tario import write_bytes_atomically, write_tar_atomically
@@ -87,6 +88,9 @@ def pack_record(item: WorkItem) -> Packed:
     if isinstance(item.entry, BadRow):
         return Packed(None, f"bad row: {item.entry.reason}")
     try:
+        if needs_locating(item.entry):
+            found = locate(item.entry)
+            item = dataclasses.replace(item, entry=found, path=found.video_path)
         return Packed(_build_sample(item, _OPTIONS))
     except RecordError as e:
         return Packed(None, str(e))
@@ -128,6 +132,8 @@ def _base_json(record: Record, meta) -> dict:
     }
     if record.start is not None or record.end is not None:
         doc["span"] = [record.start or 0.0, record.end]
+    if record.meta:
+        doc["meta"] = record.meta
     return doc
 
 
