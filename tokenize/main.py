@@ -52,7 +52,7 @@ from vdp.stage2 import (  # noqa: E402
     tar_range,
 )
 from vdp.tario import write_bytes_atomically  # noqa: E402
-from vdp.tokens import PLACEHOLDERS, TokenizerLoadError, load_tokenizer  # noqa: E402
+from vdp.tokens import PLACEHOLDERS, TokenizerLoadError, load_tokenizer, tokenizer_problem  # noqa: E402
 
 EXAMPLES = """
 examples:
@@ -164,6 +164,13 @@ def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"--dataset_path is not a folder: {a.dataset_path}")
 
 
+def check_tokenizer(path: str) -> None:
+    """Load the tokenizer and refuse one that cannot give right ids (no vocabulary, ids that collide)."""
+    problem = tokenizer_problem(load_tokenizer(path))
+    if problem:
+        raise TokenizerLoadError(f"tokenizer {path} cannot be right: {problem}")
+
+
 def find_input_tars(dataset_path: str) -> list[str]:
     """The sorted input tars; a remote prefix that cannot be listed or holds none is a usage error."""
     try:
@@ -250,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     storage.configure(args.s3_endpoint)
     clock = Stopwatch()
     try:
-        load_tokenizer(args.tokenizer)  # fail before any work; forked workers inherit it
+        check_tokenizer(args.tokenizer)  # fail before any work; forked workers inherit it
         tars = find_input_tars(args.dataset_path)
         storage.check_output_folder(args.save_path)
     except (TokenizerLoadError, UsageError) as e:

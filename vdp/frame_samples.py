@@ -13,7 +13,10 @@ and sizes; no data read) -> members grouped by key -> legacy frames folded into 
 bytes (its end marker) are read: frames of a local tar stay references into it, copied to
 the output by the kernel later. A tar in object storage has no file to copy from, so its
 frames' bytes are read here and travel with the sample. Every sample that cannot be read
-becomes a row of `errors` instead.
+becomes a row of `errors` instead: among them, a sample with a member that must not be used
+(a link, a device, a name reaching outside its folder, a name given twice: vdp.tarslices), one
+with a json or frame over its size limit (refused before it is read or decoded), and a key met
+a second time in the tar.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 from vdp.errors import RecordError, error_entry
 from vdp.jpeg import check_jpeg_end, jpeg_header_size
 from vdp.tario import TarReadError, split_member_name
-from vdp.tarslices import Entry, InputTar, iter_tar_index
+from vdp.tarslices import MAX_FRAME_PIXELS, Entry, InputTar, iter_tar_index, too_large
 
 VIDEO_EXTS = ("mp4", "mkv", "webm", "avi", "mov")
 
@@ -55,6 +58,24 @@ class _Grouped:
 
     key: str
     files: dict[str, Entry] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # members that must not be used: the sample is refused
+    end: int = 0  # where its last member's data ends in the tar
+
+    def add(self, entry: Entry) -> None:
+        self.end = max(self.end, entry.offset + entry.size)
+        if entry.problem:
+            self.problems.append(entry.problem)
+        elif entry.name in self.files:
+            self.problems.append(f"duplicate member: {entry.name} appears twice in the sample")
+        else:
+            self.files[entry.name] = entry
+
+    def take(self, other: _Grouped) -> None:
+        """Fold another group (a legacy frame sample) into this one."""
+        self.problems += other.problems
+        self.end = max(self.end, other.end)
+        for entry in other.files.values():
+            self.add(entry)
 
 
 class _CutShort(Exception):
@@ -76,7 +97,7 @@ def _group_by_key(entries: Iterator[Entry]) -> Iterator[_Grouped]:
                 current = None
             if current is None:
                 current = _Grouped(key)
-            current.files[entry.name] = entry
+            current.add(entry)
     except TarReadError as e:
         raise _CutShort(e, current.key if current else "") from None
     if current is not None:
@@ -94,7 +115,7 @@ def _fold_legacy(samples: Iterator[_Grouped]) -> Iterator[_Grouped]:
     try:
         for sample in samples:
             if head is not None and _legacy_frame_of(head, sample.key, sample.files):
-                head.files.update(sample.files)
+                head.take(sample)
                 continue
             if head is not None:
                 yield head
@@ -114,10 +135,15 @@ def _parse_json(grouped: _Grouped, tar: InputTar) -> dict:
     if name not in grouped.files:
         raise RecordError(f"no json: members {', '.join(sorted(grouped.files))} without {name}")
     entry = grouped.files[name]
+    refused = too_large(name, entry.size)
+    if refused:
+        raise RecordError(refused)
     try:
         doc = json.loads(tar.read(entry.offset, entry.size))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RecordError(f"bad json: {name}: {e}") from None
+    except RecursionError:
+        raise RecordError(f"bad json: {name}: nested too deeply") from None
     if not isinstance(doc, dict):
         raise RecordError(f"bad json: {name}: not an object")
     return doc
@@ -171,10 +197,18 @@ def _image_ref(grouped: _Grouped, member: str, tar: InputTar) -> ImageRef:
     if member not in grouped.files:
         raise RecordError(f"missing image: {member}")
     entry = grouped.files[member]
+    refused = too_large(member, entry.size)
+    if refused:
+        raise RecordError(refused)
     try:
         width, height = _jpeg_size_at(tar, entry)
     except RecordError as e:
         raise RecordError(f"{e}: {member}") from None
+    if width * height > MAX_FRAME_PIXELS:
+        # Shrinking it would decode it: a decoder allocates what the header claims.
+        raise RecordError(
+            f"too large: {member} claims {width}x{height} pixels, over the {MAX_FRAME_PIXELS} a frame may have"
+        )
     data = None if tar.local else tar.read(entry.offset, entry.size)
     return ImageRef(member, entry.offset, entry.size, width, height, data)
 
@@ -196,6 +230,8 @@ def _jpeg_size_at(tar: InputTar, entry: Entry) -> tuple[int, int]:
 
 def to_frame_sample(grouped: _Grouped, tar: InputTar) -> FrameSample:
     """Parse one grouped sample; RecordError with the reason when it cannot be tokenized."""
+    if grouped.problems:
+        raise RecordError(grouped.problems[0])
     doc = _parse_json(grouped, tar)
     members = _image_members(doc, grouped)
     turns = _conversations(doc, grouped.key)
@@ -214,12 +250,19 @@ def read_frame_samples(tar: str, errors: list[dict]) -> Iterator[FrameSample]:
     except OSError as e:
         errors.append(error_entry("", tar, f"unreadable tar: {e.strerror or e}"))
         return
+    seen: set[str] = set()  # keys so far: a key met again is reported, as stage 3 does
     with opened:
         try:
             for grouped in _fold_legacy(_group_by_key(iter_tar_index(opened.file))):
-                yield from _parsed(grouped, opened, errors)
+                if grouped.key in seen:
+                    errors.append(
+                        error_entry(grouped.key, tar, f"duplicate key: {grouped.key} appears twice in the tar")
+                    )
+                else:
+                    seen.add(grouped.key)
+                    yield from _parsed(grouped, opened, errors)
                 # A remote tar keeps only what is still to be read (tarfile looks one byte before a header).
-                opened.done_before(max(e.offset + e.size for e in grouped.files.values()) - tarfile.BLOCKSIZE)
+                opened.done_before(grouped.end - tarfile.BLOCKSIZE)
         except _CutShort as e:
             cut = f"sample {e.key} cut short, " if e.key else ""
             reason = f"bad tar: {e.reason} ({cut}after {e.members_read} readable members)"

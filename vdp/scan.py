@@ -1,7 +1,10 @@
 """Stage 3 core: scan one tar, check every sample, and return what the indexes and the report need.
 
 `scan_tar` runs in the worker processes (one tar per call) and never raises for bad data:
-tar-level damage, bad samples and an object store's permanent faults become error rows. A tar
+tar-level damage, bad samples and an object store's permanent faults become error rows. The
+tar's headers are walked by vdp.tarslices (no per-member state, so memory does not grow with
+the member count) and members are read in chunks within their size limits; a sample with a
+refused member (link, device, unsafe name, duplicate, too large) is a bad sample, never dumped. A tar
 on s3:// or oss:// is read once, as a stream (vdp.storage: in memory below 64 MB, ranged
 read-ahead above), never copied to disk. What comes back is small: counts, error rows, each
 sample's byte offset (for energon's `.tar.idx`), and, when a dump is asked for, the few
@@ -21,7 +24,8 @@ from dataclasses import dataclass, field
 from vdp import storage
 from vdp.errors import RecordError, error_entry
 from vdp.shards import Sample
-from vdp.tario import TarReadError, iter_tar_entries, split_member_name
+from vdp.tario import TarReadError, split_member_name
+from vdp.tarslices import Entry, iter_tar_index, read_member, too_large
 from vdp.validate import CheckOptions, SampleFacts, check_sample
 
 BLOCK = 512  # tar block size: every header and every member's padded data is a multiple of it
@@ -95,6 +99,15 @@ class Placed:
     sample: Sample
     start: int
     end: int
+    problems: list[str] = field(default_factory=list)  # members that were refused: the sample is bad
+
+    def add(self, ext: str, entry: Entry, data: bytes | None) -> None:
+        if data is None:
+            self.problems.append(entry.problem)
+        elif ext in self.sample.members:
+            self.problems.append(f"duplicate member: {entry.name} appears twice in the sample")
+        else:
+            self.sample.members[ext] = data
 
 
 @dataclass
@@ -167,6 +180,23 @@ def open_tar(path: str, scan: TarScan) -> Iterator:
         yield _RemoteStream(f)
 
 
+def iter_members(f) -> Iterator[tuple[Entry, bytes | None]]:
+    """Each member of a tar with its bytes; None and the entry's `problem` set when it is refused.
+
+    The headers are walked by vdp.tarslices (nothing kept per member, so memory does not grow
+    with the tar); a member is read in chunks only once its size is within its limit, and a
+    refused one is not read at all. TarReadError when the tar breaks.
+    """
+    count = 0
+    for entry in iter_tar_index(f):
+        count += 1
+        refused = entry.problem or too_large(entry.name, entry.size)
+        if refused:
+            yield Entry(entry.name, entry.offset, entry.size, refused), None
+        else:
+            yield entry, read_member(f, entry, count)
+
+
 def iter_placed(f, damage: list[TarDamage]) -> Iterator[Placed]:
     """Samples of a tar stream with their byte range; damage stops the stream and is appended to `damage`.
 
@@ -177,15 +207,15 @@ def iter_placed(f, damage: list[TarDamage]) -> Iterator[Placed]:
     current: Placed | None = None
     end = 0
     try:
-        for name, data, offset in iter_tar_entries(f):
-            key, ext = split_member_name(name)
+        for entry, data in iter_members(f):
+            key, ext = split_member_name(entry.name)
             if current is not None and key != current.sample.key:
                 yield current
                 current = None
             if current is None:
                 current = Placed(Sample(key), end, end)
-            current.sample.members[ext] = data
-            end = current.end = offset + _padded(len(data))
+            current.add(ext, entry, data)
+            end = current.end = entry.offset + _padded(entry.size)
     except TarReadError as e:
         damage.append(
             TarDamage(f"{e.reason} (after {e.members_read} readable members)", current.sample.key if current else "")
@@ -214,7 +244,7 @@ def scan_tar(path: str, opts: ScanOptions, extra: ExtraCheck | None = None) -> T
             for placed in iter_placed(f, damage):
                 scan.offsets.append(placed.start)
                 end = placed.end
-                _record(scan, placed.sample, opts, extra, heap)
+                _record(scan, placed, opts, extra, heap)
     except (OSError, ReadFault) as e:
         damage.append(TarDamage(f"unreadable tar: {getattr(e, 'strerror', None) or e}", ""))
     scan.offsets.append(end)  # energon's index ends with the end of the last sample
@@ -229,8 +259,9 @@ def scan_tar(path: str, opts: ScanOptions, extra: ExtraCheck | None = None) -> T
     return scan
 
 
-def _record(scan: TarScan, sample: Sample, opts: ScanOptions, extra: ExtraCheck | None, heap: list) -> None:
-    reason, facts, text = _check_one(sample, opts, scan, extra)
+def _record(scan: TarScan, placed: Placed, opts: ScanOptions, extra: ExtraCheck | None, heap: list) -> None:
+    sample = placed.sample
+    reason, facts, text = _check_one(placed, opts, scan, extra)
     scan.samples += 1
     if reason:
         scan.errors.append(error_row(scan.path, sample.key, reason))
@@ -239,7 +270,7 @@ def _record(scan: TarScan, sample: Sample, opts: ScanOptions, extra: ExtraCheck 
         scan.valid += 1
         scan.tokens += facts.tokens
         scan.images += facts.images
-    if opts.dump:
+    if opts.dump and not placed.problems:  # a refused member is never written anywhere, not even to the dump
         _keep(
             heap,
             opts.dump,
@@ -247,11 +278,14 @@ def _record(scan: TarScan, sample: Sample, opts: ScanOptions, extra: ExtraCheck 
         )
 
 
-def _check_one(sample: Sample, opts: ScanOptions, scan: TarScan, extra: ExtraCheck | None):
+def _check_one(placed: Placed, opts: ScanOptions, scan: TarScan, extra: ExtraCheck | None):
     """(reason or "", facts, extra's output) for one sample."""
+    sample = placed.sample
     if sample.key in scan.keys:
         return f"duplicate key: {sample.key} appears twice in the tar", None, []
     scan.keys.add(sample.key)
+    if placed.problems:
+        return placed.problems[0], None, []
     try:
         facts = check_sample(sample, opts.check)
         text = extra(facts) if extra else []

@@ -191,11 +191,15 @@ _CONV: ConversationTokenizer | None = None
 
 
 def init_worker(options: TokenizeOptions) -> None:
-    """Pool initializer: load the tokenizer once per worker; one OpenCV thread per process."""
+    """Pool initializer: load the tokenizer once per worker.
+
+    OpenCV's thread count is deliberately not touched: the pool sets one thread in the parent
+    before forking (vdp.pool), and a child forked after the parent ran OpenCV on several
+    threads hangs or crashes in cv2.setNumThreads, waiting on the parent's thread pool.
+    """
     global _OPTIONS, _CONV
     _OPTIONS = options
     _CONV = ConversationTokenizer(load_tokenizer(options.tokenizer), options.sample_type, options.patches)
-    cv2.setNumThreads(1)
 
 
 def tokenize_sample(sample: FrameSample, conv: ConversationTokenizer, max_len: int) -> tuple[list[int], list[int]]:
@@ -405,6 +409,8 @@ def tokenize_unit(unit: GroupUnit) -> GroupResult | WorkFailure:
     """A Ray task: the pool worker's code for one group under the same alarm, so the same shard."""
     storage.configure(unit.s3_endpoint)
     if _OPTIONS != unit.options:  # a Ray worker process runs many tasks: build the tokenizer once
+        # Ray starts its workers as new programs, never forks them: setting OpenCV's threads is safe here.
+        cv2.setNumThreads(1)
         init_worker(unit.options)
     return call_with_alarm(run_group, unit.job, unit.timeout)
 

@@ -44,9 +44,12 @@ class TextTokenizer:
 
     encode: Callable[[str], list[int]]  # SentencePiece encode: no BOS/EOS, leading ▁ added
     specials: dict[str, int]  # surface -> id for <unk>, <s>, </s> and the three image tokens
-    bos_id: int
+    bos_id: int | None
     vocab_size: int
     source: str  # what was loaded, for messages
+    unk_id: int | None = None
+    top_id: int = -1  # the largest id any of the model's pieces has (vocab_size - 1 when ids have no gaps)
+    piece_of: Callable[[int], str | None] = lambda i: None  # the piece with this id, None when there is none
 
 
 class TokenizerLoadError(Exception):
@@ -120,7 +123,16 @@ def _from_sentencepiece(model_file: str, source: str) -> TextTokenizer:
     own = {tok: sp.piece_to_id(tok) for tok in IMAGE_TOKENS if sp.id_to_piece(sp.piece_to_id(tok)) == tok}
     specials.update(_image_ids(own, size))
     encode = sp.encode  # ids, no BOS/EOS by default
-    return TextTokenizer(_cached(lambda s: encode(s) if s else []), specials, sp.bos_id(), size, source)
+    return TextTokenizer(
+        _cached(lambda s: encode(s) if s else []),
+        specials,
+        sp.bos_id(),
+        size,
+        source,
+        unk_id=sp.unk_id(),
+        top_id=size - 1,  # SentencePiece ids are 0..size-1 by construction
+        piece_of=lambda i: sp.id_to_piece(i) if 0 <= i < size else None,
+    )
 
 
 def _sentencepiece_file(folder: str) -> str | None:
@@ -164,8 +176,18 @@ def _from_transformers(folder: str) -> TextTokenizer:
         raise TokenizerLoadError(f"{folder}: no tokenizer.model and no fast tokenizer (tokenizer.json)")
     specials = {t: tok.convert_tokens_to_ids(t) for t in (tok.unk_token, tok.bos_token, tok.eos_token) if t}
     size = len(tok)  # added tokens included, so appended image ids never collide with them
-    specials.update(_image_ids({t: i for t, i in tok.get_vocab().items() if t in IMAGE_TOKENS}, size))
-    return TextTokenizer(_cached(_sentencepiece_like(backend)), specials, tok.bos_token_id, size, folder)
+    vocab = tok.get_vocab()
+    specials.update(_image_ids({t: i for t, i in vocab.items() if t in IMAGE_TOKENS}, size))
+    return TextTokenizer(
+        _cached(_sentencepiece_like(backend)),
+        specials,
+        tok.bos_token_id,
+        size,
+        folder,
+        unk_id=tok.unk_token_id,
+        top_id=max(vocab.values(), default=-1),  # a tokenizer.json may number its pieces with gaps
+        piece_of=backend.id_to_token,
+    )
 
 
 def _sentencepiece_like(backend) -> Callable[[str], list[int]]:
@@ -188,6 +210,53 @@ def _sentencepiece_like(backend) -> Callable[[str], list[int]]:
         return plain.encode("▁" + text.replace(" ", "▁"), add_special_tokens=False).ids
 
     return encode
+
+
+# --- is it a tokenizer at all? -------------------------------------------------------------
+
+# Words every LLaMA-like vocabulary knows (and the test tokenizers are trained on).
+PROBE = "A person walks slowly into the bright kitchen and picks up a red cup."
+
+
+def tokenizer_problem(tok: TextTokenizer) -> str:
+    """What makes `tok` unable to give right ids, in a few words ("" when nothing does).
+
+    Found by looking, not by running a job: a tokenizer folder that lost its vocabulary still
+    loads, encodes every caption to nothing, and puts the image ids at 3, 4, 5.
+    """
+    return _bos_problem(tok) or _image_id_problem(tok) or _probe_problem(tok)
+
+
+def _bos_problem(tok: TextTokenizer) -> str:
+    return "" if isinstance(tok.bos_id, int) and tok.bos_id >= 0 else "it has no BOS token <s>"
+
+
+def _image_id_problem(tok: TextTokenizer) -> str:
+    ids = [tok.specials[t] for t in IMAGE_TOKENS]
+    if len(set(ids)) < len(ids):
+        return f"the image tokens {', '.join(IMAGE_TOKENS)} share ids ({ids})"
+    for token, i in zip(IMAGE_TOKENS, ids):
+        piece = tok.piece_of(i)
+        if piece is not None and piece != token:
+            return f"image token {token} would get id {i}, already the id of the piece {piece!r}"
+    appended = [i for i in ids if i >= tok.vocab_size]
+    if appended and tok.top_id >= min(appended):
+        return (
+            f"its pieces reach id {tok.top_id} but its vocabulary counts {tok.vocab_size}: the image ids"
+            f" {', '.join(map(str, ids))} placed after it fall among text ids"
+        )
+    return ""
+
+
+def _probe_problem(tok: TextTokenizer) -> str:
+    ids = tok.encode(PROBE)
+    vocabulary = f"(a vocabulary of {tok.vocab_size} pieces)"
+    if not ids:
+        return f"it encodes the probe sentence {PROBE!r} to nothing {vocabulary}"
+    unknown = sum(1 for i in ids if i == tok.unk_id)
+    if 2 * unknown > len(ids):
+        return f"it encodes {unknown} of the {len(ids)} pieces of the probe sentence {PROBE!r} as <unk> {vocabulary}"
+    return ""
 
 
 # --- conversations -------------------------------------------------------------------------

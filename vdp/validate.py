@@ -23,8 +23,8 @@ import numpy as np
 from vdp.errors import RecordError
 from vdp.jpeg import jpeg_size
 from vdp.shards import Sample
+from vdp.tarslices import MAX_FRAME_PIXELS, VIDEO_EXTS
 
-VIDEO_EXTS = ("mp4", "mkv", "webm", "avi", "mov", "m4v", "ts", "flv")
 FRAME_FIELDS = ("caption", "video_id", "source", "width", "height", "fps", "duration", "num_frames")
 _PLACEHOLDER = re.compile(r"<(I|P|)image>")  # <image> (un), <Iimage>/<Pimage> (kf)
 
@@ -87,6 +87,8 @@ def _parse_json(sample: Sample) -> dict:
         doc = json.loads(sample.members["json"])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RecordError(f"bad json: {sample.key}.json: {e}") from None
+    except RecursionError:
+        raise RecordError(f"bad json: {sample.key}.json: nested too deeply") from None
     if not isinstance(doc, dict):
         raise RecordError(f"bad json: {sample.key}.json is not an object")
     return doc
@@ -98,6 +100,8 @@ def check_jpeg(data: bytes, member: str, deep: bool) -> None:
         width, height = jpeg_size(data)
     except RecordError as e:
         raise RecordError(f"bad jpeg: {member}: {e}") from None
+    if width * height > MAX_FRAME_PIXELS:  # no frame is this big, and decoding it would allocate it all
+        raise RecordError(f"bad jpeg: {member}: too large: {width}x{height} pixels, over {MAX_FRAME_PIXELS}")
     if deep:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if img is None:
@@ -238,6 +242,8 @@ def _check_fields(doc: dict, key: str) -> None:
         raise RecordError(f"missing field: {key}.json has no {', '.join(missing)}")
     if not isinstance(doc["caption"], str):
         raise RecordError(f"bad json: {key}.json: caption is not a string")
+    if type(doc["num_frames"]) is not int:  # frame indices are compared with it (bool is no count)
+        raise RecordError(f"bad json: {key}.json: num_frames is not an integer")
 
 
 def _frame_list(doc: dict, key: str) -> list[dict]:
