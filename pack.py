@@ -10,7 +10,6 @@ same command skips finished tars.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -20,8 +19,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loaders  # noqa: E402,F401 (registers the datasets)
 from samplers import SAMPLERS, SamplerOptions  # noqa: E402
 from vdp import storage  # noqa: E402
+from vdp.cli import add_run_flags  # noqa: E402
 from vdp.errors import EXIT_OK, EXIT_SOME_ERRORS, EXIT_USAGE, UsageError, jsonl_bytes, reason_counts  # noqa: E402
-from vdp.manifest import LOADERS, BadRow, LoaderOptions, Manifest, Record, fill_captions  # noqa: E402
+from vdp.locate import resolve  # noqa: E402
+from vdp.manifest import LOADERS, LoaderOptions, Manifest, Record, fill_captions  # noqa: E402
 from vdp.plan import machine_range, plan_tars  # noqa: E402
 from vdp.pool import WorkFailure, map_ordered  # noqa: E402
 from vdp.prefetch import prefetched  # noqa: E402
@@ -88,7 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--total_machine", type=int, default=1)
     p.add_argument("--start", type=int, default=None, help="first record index (overrides the machine split)")
     p.add_argument("--end", type=int, default=None, help="record index to stop before")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
     p.add_argument("--samples_per_tar", type=int, default=500)
     p.add_argument("--num_frames", type=int, default=16, help="un: frames per video")
     p.add_argument("--kf_iframes", type=int, default=8, help="kf: I frames at most (the last frame counts)")
@@ -97,13 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_side", type=int, default=1280, help="longest side of a frame JPEG, aspect kept")
     p.add_argument("--jpeg_quality", type=int, default=95)
     p.add_argument("--backend", default="av", choices=["av", "decord"], help="decoder: PyAV (default) or decord (un only)")
+    p.add_argument("--clip_mode", default="copy", choices=["copy", "exact"],
+                   help="video-only records with a span: copy (remux from the key frame at or before the start, "
+                        "no re-encode) or exact (re-encode exactly the span's frames with libx264)")
     p.add_argument("--decode_threads", type=int, default=1, help="decoder threads per worker (0: FFmpeg's choice)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds one video may take before it goes to errors")
     p.add_argument("--executor", default="pool", choices=["pool", "ray"],
                    help="pool: worker processes on this machine; ray: one Ray task per tar (local or --ray_address)")
     p.add_argument("--ray_address", default=None, help="Ray cluster to join, e.g. auto or HEAD:6379 (default: start a local Ray)")
-    p.add_argument("--s3_endpoint", default=None, help="S3-compatible endpoint URL (TOS, MinIO, Ceph); else AWS config")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_run_flags(p, "video")
     return p
 
 
@@ -142,18 +144,9 @@ def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(str(e))
 
 
-def resolve(path: str, video_root: str | None, manifest: str) -> str:
-    if os.path.isabs(path) or storage.is_remote(path):
-        return path
-    return storage.join(video_root if video_root else storage.dirname(manifest), path)
-
-
-def resolve_entry(entry, video_root: str | None, manifest: str):
-    """The entry with its paths made openable (relative ones under --video_root)."""
-    if isinstance(entry, BadRow):
-        return entry
-    clip = resolve(entry.clip_path, video_root, manifest) if entry.clip_path else ""
-    return dataclasses.replace(entry, video_path=resolve(entry.video_path, video_root, manifest), clip_path=clip)
+def video_root(args) -> str:
+    """The folder relative video paths resolve against."""
+    return args.video_root if args.video_root else storage.dirname(args.manifest)
 
 
 def loader_options(a: argparse.Namespace) -> LoaderOptions:
@@ -169,7 +162,7 @@ def read_manifest(args, manifest: Manifest) -> tuple[int, int, dict]:
         raise UsageError(f"cannot read manifest {args.manifest}: {e}") from None
     lo, hi = machine_range(index.total, args.machine_id, args.total_machine, args.start, args.end)
     entries = fill_captions(list(manifest.entries(index, lo, hi)), args.captions)
-    return lo, hi, {i: resolve_entry(e, args.video_root, args.manifest) for i, e in entries}
+    return lo, hi, dict(entries)
 
 
 def check_same_flags(save_path: str, machine_id: int, flags: dict) -> str:
@@ -225,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         jpeg_quality=args.jpeg_quality,
         decode_threads=args.decode_threads,
         backend=args.backend,
+        clip_mode=args.clip_mode,
     )
     flags = {
         "dataset": args.dataset,
@@ -242,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     todo = [p for p in plans if not is_done(args.save_path, p)]
+    root = video_root(args)
     items = [
-        WorkItem(i, entries[i], entries[i].video_path if isinstance(entries[i], Record) else "")
+        WorkItem(i, entries[i], resolve(entries[i].video_path, root) if isinstance(entries[i], Record) else "", root)
         for p in todo
         for i in range(p.start, p.end)
     ]

@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         from vdp.textwin import make_window_check
 
         extra = (make_window_check, (args.tokenizer, args.window))
-    run = run_scan(tars, options, args.workers, args.timeout, *extra, executor=executor_of(args))
+    run = run_scan(tars, options, args.workers, args.timeout, *extra, executor=executor_of(args),
+                   progress=not args.no_progress)
     if not args.tokenizer and any(s.tokens for s in run.scans):
         print("note: token windows not decoded: stage-2 samples found but no --tokenizer given", file=sys.stderr)
     if args.dump:

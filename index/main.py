@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    run = run_scan(tars, options, args.workers, args.timeout, executor=executor_of(args))
+    run = run_scan(tars, options, args.workers, args.timeout, executor=executor_of(args), progress=not args.no_progress)
     write_indexes(args, run.scans)
     return finish(run, "index", storage.join(args.output, f"{args.dataset_name}.errors.jsonl"))
 

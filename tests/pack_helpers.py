@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 
+import av
 import cv2
 import numpy as np
 import webdataset as wds
 
 from vdp.synth import VideoSpec, make_video, read_frame_number
+from vdp.video import upright_bgr
 
 # name -> spec: each one a trap from shared/notes/video-decoding.md
 VIDEO_SPECS = {
@@ -67,3 +70,16 @@ def tree_bytes(folder: str) -> dict[str, bytes]:
             with open(path, "rb") as f:
                 out[os.path.basename(path)] = f.read()
     return out
+
+
+def video_frames(data: bytes) -> list[tuple[float, int | None]]:
+    """(time from the first frame, painted number) of every frame of a video file's bytes,
+    in presentation order, each read upright."""
+    with av.open(io.BytesIO(data)) as c:
+        stream = c.streams.video[0]
+        origin = stream.start_time or 0
+        frames = [
+            (float((f.pts - origin) * stream.time_base), read_frame_number(upright_bgr(f, int(round(f.rotation or 0)), 0)))
+            for f in c.decode(stream)
+        ]
+    return sorted(frames)

@@ -13,6 +13,7 @@ import pickle
 
 import boto3
 import pytest
+from botocore.exceptions import EndpointConnectionError
 
 import index.check_pair as check_pair
 import index.main as index_main
@@ -162,11 +163,8 @@ class _CutStream(io.BytesIO):
         return super().read(n)
 
 
-class EndpointConnectionError(Exception):
-    """Shaped like botocore's: not an OSError."""
-
-
-@pytest.mark.parametrize("error", [ConnectionResetError(104, "reset by peer"), EndpointConnectionError("gone")])
+# botocore's own: not an OSError, a transient fault by its type (vdp.faults), not by its name
+@pytest.mark.parametrize("error", [ConnectionResetError(104, "reset by peer"), EndpointConnectionError(endpoint_url="gone")])
 def test_a_read_fault_mid_tar_is_unreadable_not_corrupt(local_index, monkeypatch, error):
     """The tar's bytes are fine, the network is not: the user is told to rerun, not to rebuild."""
     pristine, _, _ = local_index

@@ -24,6 +24,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 
 from vdp import storage  # noqa: E402
+from vdp.cli import add_run_flags  # noqa: E402
 from vdp.errors import (  # noqa: E402
     EXIT_OK,
     EXIT_SOME_ERRORS,
@@ -109,7 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--machine_id", type=int, default=0, help="this machine's share of [--start, --end): whole groups (default 0)"
     )
     p.add_argument("--total_machine", type=int, default=1, help="machines sharing the range (default 1)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
     p.add_argument("--max_len", type=int, default=8000, help="tokens per packed sequence at most (default 8000)")
     p.add_argument("--patches", type=int, default=256, help="<im_patch> tokens per image (default 256)")
     p.add_argument(
@@ -143,10 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ray_address", default=None, help="Ray cluster to join, e.g. auto or HEAD:6379 (default: start a local Ray)"
     )
-    p.add_argument(
-        "--s3_endpoint", default=None, help="S3-compatible endpoint URL (TOS, MinIO, Ceph); else the AWS config decides"
-    )
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_run_flags(p, "group of tars")
     return p
 
 

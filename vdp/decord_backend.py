@@ -14,10 +14,11 @@ import cv2
 import numpy as np
 
 from vdp.errors import RecordError
+from vdp.spans import Span, clamp_span, no_frame_in
 from vdp.video import Chooser, DecodedFrames, FrameInfo, VideoMeta, first_frame_rotation, open_video
 
 
-def decode_chosen_decord(path: str, choose: Chooser, span=None, max_side: int = 1280) -> DecodedFrames:
+def decode_chosen_decord(path: str, choose: Chooser, span: Span | None = None, max_side: int = 1280) -> DecodedFrames:
     try:
         from decord import VideoReader, cpu
         from decord._ffi.base import DECORDError
@@ -28,12 +29,15 @@ def decode_chosen_decord(path: str, choose: Chooser, span=None, max_side: int = 
         count = len(vr)
         if count == 0:
             raise RecordError("empty: no video frames")
-        starts = vr.get_frame_timestamp(range(count))[:, 0]
-        t0, t1 = (span[0] or 0.0, span[1] if span[1] is not None else float("inf")) if span else (0.0, float("inf"))
+        stamps = vr.get_frame_timestamp(range(count))
+        starts = stamps[:, 0]
+        if span is not None:
+            span = clamp_span(span, float(stamps[-1, 1]))
+        t0, t1 = span if span is not None else (0.0, float("inf"))
         positions = [i for i in range(count) if t0 - 1e-6 <= starts[i] < t1]
         frames = [FrameInfo(n, round(float(starts[i]), 6), "?") for n, i in enumerate(positions)]
         if not frames:
-            raise RecordError("empty: no video frames in span")
+            raise no_frame_in(span) if span is not None else RecordError("empty: no video frames")
         chosen = list(choose(frames))
         wanted = sorted(set(chosen))
         batch = vr.get_batch([positions[i] for i in wanted]).asnumpy()
@@ -47,7 +51,7 @@ def decode_chosen_decord(path: str, choose: Chooser, span=None, max_side: int = 
     images = {i: _fit(bgr, max_side) for i, bgr in upright.items()}
     duration = frames[-1].time - frames[0].time + 1.0 / fps
     meta = VideoMeta(width, height, round(fps, 6), round(duration, 6), len(frames), "decord", 0)
-    return DecodedFrames(meta, frames, chosen, images)
+    return DecodedFrames(meta, frames, chosen, images, span=span)
 
 
 def _rotation_left_to_apply(path: str) -> int:

@@ -9,6 +9,7 @@ in `.*` stands for the first existing file with a common video extension; a reco
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from vdp import storage
 from vdp.errors import RecordError
@@ -18,6 +19,13 @@ from vdp.manifest import Record
 VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi", "m4v", "flv", "ts")
 
 
+def resolve(path: str, root: str) -> str:
+    """A record's path made openable: absolute paths and URLs as they are, others under `root`."""
+    if os.path.isabs(path) or storage.is_remote(path):
+        return path
+    return storage.join(root, path)
+
+
 def expand(pattern: str) -> list[str]:
     """The paths a pattern stands for, in the order they are tried."""
     if pattern.endswith(".*"):
@@ -25,9 +33,10 @@ def expand(pattern: str) -> list[str]:
     return [pattern]
 
 
-def first_existing(pattern: str) -> str | None:
+def first_existing(pattern: str, root: str) -> str | None:
+    """The first of the pattern's paths (as written) whose file exists under `root`."""
     for path in expand(pattern):
-        found = storage.stat(path)
+        found = storage.stat(resolve(path, root))
         if found is not None and found[0] == "file":
             return path
     return None
@@ -37,21 +46,22 @@ def needs_locating(record: Record) -> bool:
     return bool(record.clip_path) or record.video_path.endswith(".*")
 
 
-def locate(record: Record) -> Record:
+def locate(record: Record, root: str) -> Record:
     """The record with `video_path` a file that exists (and no span when it is the pre-cut clip).
 
-    Raises RecordError naming every pattern tried when none exists.
+    Paths stay as the annotation writes them (the json's `source`), with the extension found;
+    raises RecordError naming every pattern tried when none exists.
     """
     if record.clip_path:
-        clip = first_existing(record.clip_path)
+        clip = first_existing(record.clip_path, root)
         if clip is not None:
             meta = dict(record.meta or {}, span_in_source=[record.start, record.end])
             return dataclasses.replace(record, video_path=clip, start=None, end=None, clip_path="", meta=meta)
     if not record.video_path.endswith(".*"):
         return dataclasses.replace(record, clip_path="")
-    video = first_existing(record.video_path)
+    video = first_existing(record.video_path, root)
     if video is None:
-        tried = " or ".join(p for p in (record.clip_path, record.video_path) if p)
+        tried = " or ".join(resolve(p, root) for p in (record.clip_path, record.video_path) if p)
         exts = ",".join(VIDEO_EXTS)
         raise RecordError(f"missing file: {tried} (.* = {exts})")
     return dataclasses.replace(record, video_path=video, clip_path="")

@@ -12,9 +12,10 @@ from tqdm import tqdm
 tqdm.monitor_interval = 0
 
 
-def progress_bar(total: int, unit: str, desc: str) -> tqdm:
-    """A tqdm bar on stderr; quiet when stderr is not a terminal except for a final line."""
-    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+def progress_bar(total: int, unit: str, desc: str, enabled: bool = True) -> tqdm:
+    """A tqdm bar on stderr (`enabled=False`, --no_progress: none, calls still accepted)."""
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
+                disable=not enabled)
 
 
 class Stopwatch:

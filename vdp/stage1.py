@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import os
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,15 +21,18 @@ import cv2
 from loaders import BadRow, Record
 from samplers import SAMPLERS, SamplerOptions
 from vdp import storage
+from vdp.clip import cut_clip
 from vdp.decord_backend import decode_chosen_decord
 from vdp.errors import RecordError, error_entry, jsonl_bytes
-from vdp.locate import locate, needs_locating
+from vdp.locate import locate, needs_locating, resolve
 from vdp.plan import TarPlan, sample_key
-from vdp.pool import WorkFailure, call_with_alarm
+from vdp.pool import TimeoutAlarm, WorkFailure, call_with_alarm
+from vdp.spans import requested_span
 from vdp.tario import write_bytes_atomically, write_tar_atomically
 from vdp.video import decode_chosen, scan_video
 
 STATE_DIR = ".pack"  # per-tar errors sidecars and the flags of the run, inside --save_path
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class PackOptions:
     jpeg_quality: int = 95
     decode_threads: int = 1
     backend: str = "av"  # "decord" only for un
+    clip_mode: str = "copy"  # video-only records with a span: "copy" (remux from a key frame) or "exact"
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class WorkItem:
     index: int
     entry: Record | BadRow
     path: str  # the video path resolved for opening ("" for a bad row)
+    root: str = ""  # the folder relative paths resolve against (--video_root, else the manifest's)
     data: bytes | None = None  # the file's bytes when fetched ahead (object storage)
 
 
@@ -57,15 +63,24 @@ def fetch_ahead(item: WorkItem) -> WorkItem:
 
     Any failure leaves the item as it was: the worker meets it again and reports it.
     """
-    if isinstance(item.entry, BadRow) or not storage.is_remote(item.path):
+    if isinstance(item.entry, BadRow) or not (storage.is_remote(item.path) or storage.is_remote(item.root)):
         return item
     try:
+        item = located(item)
         found = storage.stat(item.path)
         if found is None or found[0] != "file" or not 0 < found[1] <= PREFETCH_LIMIT:
             return item
         return dataclasses.replace(item, data=storage.read_bytes(item.path))
     except Exception:  # noqa: BLE001 - the worker's own attempt reports the reason
         return item
+
+
+def located(item: WorkItem) -> WorkItem:
+    """The item with its video found: a pre-cut clip, or the extension a `.*` path has on disk."""
+    if not needs_locating(item.entry):
+        return item
+    found = locate(item.entry, item.root)
+    return dataclasses.replace(item, entry=found, path=resolve(found.video_path, item.root))
 
 
 @dataclass(frozen=True)
@@ -84,34 +99,49 @@ def init_worker(options: PackOptions) -> None:
 
 
 def pack_record(item: WorkItem) -> Packed:
-    """Build one sample; every expected failure comes back as a reason, never an exception."""
+    """Build one sample; every failure comes back as a reason, never an exception.
+
+    An exception no rule expects (a bug) becomes an "unexpected error" naming its type and
+    place: one record must not take the rest of its tar, or the run, down with it.
+    """
     if isinstance(item.entry, BadRow):
         return Packed(None, f"bad row: {item.entry.reason}")
     try:
-        if needs_locating(item.entry):
-            found = locate(item.entry)
-            item = dataclasses.replace(item, entry=found, path=found.video_path)
-        return Packed(_build_sample(item, _OPTIONS))
+        return Packed(_build_sample(located(item), _OPTIONS))
     except RecordError as e:
         return Packed(None, str(e))
-    except FileNotFoundError:
-        return Packed(None, f"missing file: {item.path}")
+    except FileNotFoundError as e:
+        return Packed(None, f"missing file: {item.path}{storage.status_note(e)}")
     except IsADirectoryError:
         return Packed(None, f"not a file: {item.path}")
-    except PermissionError:
-        return Packed(None, f"unreadable: permission denied: {item.path}")
+    except PermissionError as e:
+        return Packed(None, f"unreadable: permission denied: {item.path}{storage.status_note(e)}")
+    except storage.URLReadError as e:  # still failing after the retries: the message names URL and cause
+        return Packed(None, f"unreadable: {e}")
     except av.error.FFmpegError as e:
         return Packed(None, f"undecodable: {' '.join(str(e).split())[:200]}")
     except MemoryError:
         return Packed(None, "out of memory while decoding")
+    except TimeoutAlarm:
+        raise  # call_with_alarm's own: it turns it into the timeout reason
+    except Exception as e:  # noqa: BLE001 - a bug met by one record must not stop the run
+        return Packed(None, unexpected_reason(e))
+
+
+def unexpected_reason(e: Exception) -> str:
+    """One line naming the exception's type, message and where it was raised (a bug to report)."""
+    reason = f"unexpected error: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames:
+        return reason
+    path = frames[-1].filename
+    name = os.path.relpath(path, _REPO) if path.startswith(_REPO + os.sep) else os.path.basename(path)
+    return f"{reason} (at {name}:{frames[-1].lineno})"
 
 
 def _check_file(path: str) -> int:
     """The file's size; a missing, folder or empty path raises (one request on object storage)."""
-    found = storage.stat(path)
-    if found is None:
-        raise FileNotFoundError(path)
-    kind, size = found
+    kind, size = storage.stat(path, missing_ok=False)  # missing: FileNotFoundError (with a URL's status)
     if kind == "directory":
         raise IsADirectoryError(path)
     if size == 0:
@@ -119,7 +149,7 @@ def _check_file(path: str) -> int:
     return size
 
 
-def _base_json(record: Record, meta) -> dict:
+def _base_json(record: Record, meta, span: tuple[float, float] | None = None) -> dict:
     doc = {
         "caption": record.caption,
         "video_id": record.video_id or os.path.splitext(os.path.basename(record.video_path))[0],
@@ -130,8 +160,8 @@ def _base_json(record: Record, meta) -> dict:
         "duration": meta.duration,
         "num_frames": meta.num_frames,
     }
-    if record.start is not None or record.end is not None:
-        doc["span"] = [record.start or 0.0, record.end]
+    if span is not None:  # the span used: the record's, cut to the video's end
+        doc["span"] = [round(span[0], 6), round(span[1], 6)]
     if record.meta:
         doc["meta"] = record.meta
     return doc
@@ -141,35 +171,56 @@ def _encode_json(doc: dict) -> bytes:
     return json.dumps(doc, ensure_ascii=False).encode("utf-8")
 
 
+def _video_source(item: WorkItem, size: int):
+    """What PyAV opens: a local path (it reads files itself, fastest), else the bytes fetched
+    ahead or a file object on the object (never staged on disk)."""
+    if item.data is not None:
+        return io.BytesIO(item.data)
+    if storage.is_remote(item.path):
+        return storage.open_read(item.path, known_size=size)
+    return item.path
+
+
+def _extension(path: str) -> str:
+    return os.path.splitext(path)[1].lstrip(".").lower() or "mp4"
+
+
+def _whole_video_sample(item: WorkItem, key: str) -> list[tuple[str, bytes]]:
+    """The source file's bytes unchanged, checked (opens, packets read to the end)."""
+    data = item.data if item.data is not None else storage.read_bytes(item.path)
+    meta = scan_video(data)
+    return [(f"{key}.json", _encode_json(_base_json(item.entry, meta))), (f"{key}.{_extension(item.path)}", data)]
+
+
+def _clip_sample(item: WorkItem, key: str, span, size: int, mode: str) -> list[tuple[str, bytes]]:
+    """The span cut out as a video file of its own; the json describes the clip written."""
+    clip = cut_clip(_video_source(item, size), span, _extension(item.path), mode)
+    doc = _base_json(item.entry, scan_video(clip.data), clip.span)
+    doc["span_written"] = list(clip.written)
+    return [(f"{key}.json", _encode_json(doc)), (f"{key}.{clip.ext}", clip.data)]
+
+
 def _build_sample(item: WorkItem, options: PackOptions) -> list[tuple[str, bytes]]:
     record, key = item.entry, sample_key(item.index)
+    span = requested_span(record.start, record.end)  # a span bad on its own fails before any read
     size = len(item.data) if item.data is not None else _check_file(item.path)
     if options.type == "video-only":
-        data = item.data if item.data is not None else storage.read_bytes(item.path)
-        meta = scan_video(data)
-        ext = os.path.splitext(item.path)[1].lstrip(".").lower() or "mp4"
-        return [(f"{key}.json", _encode_json(_base_json(record, meta))), (f"{key}.{ext}", data)]
+        if span is None:
+            return _whole_video_sample(item, key)
+        return _clip_sample(item, key, span, size, options.clip_mode)
 
     sampler = SAMPLERS[options.type]
-    span = (record.start or 0.0, record.end) if (record.start is not None or record.end is not None) else None
     choose = lambda frames: sampler.choose(frames, options.sampler)  # noqa: E731
     if options.backend == "decord":
         decoded = decode_chosen_decord(item.path, choose, span=span, max_side=options.max_side)
     else:
-        # PyAV reads local files itself (fastest); objects come as bytes fetched ahead or as
-        # file objects, never staged on disk
-        if item.data is not None:
-            source = io.BytesIO(item.data)
-        elif storage.is_remote(item.path):
-            source = storage.open_read(item.path, known_size=size)
-        else:
-            source = item.path
         decoded = decode_chosen(
-            source, choose, span, options.max_side, options.decode_threads, needs_types=sampler.needs_types
+            _video_source(item, size), choose, span, options.max_side, options.decode_threads,
+            needs_types=sampler.needs_types,
         )
     chosen = [decoded.frames[i] for i in decoded.chosen]
     names = [str(n) for n in range(len(chosen))]
-    doc = _base_json(record, decoded.meta)
+    doc = _base_json(record, decoded.meta, decoded.span)
     doc["frames"] = [
         {"name": name, "index": f.index, "t": round(f.time, 3), "type": "I" if f.type == "I" else "P"}
         for name, f in zip(names, chosen)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from vdp import storage
+from vdp.cli import add_run_flags
 from vdp.errors import UsageError, reason_counts, write_errors_file
 from vdp.localcopy import local_copy
 from vdp.pool import WorkFailure, call_with_alarm, map_ordered
@@ -34,7 +35,6 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
         help="folder of tars (stage-2 sequences or stage-1 shards), searched recursively",
     )
     p.add_argument("--dataset_name", required=True, help="NAME: names the output files")
-    p.add_argument("--workers", type=int, default=1, help="worker processes, one tar at a time each (default 1)")
     p.add_argument("--patches", type=int, default=256, help="<im_patch> tokens per image (default 256)")
     p.add_argument("--max_len", type=int, default=8000, help="longest allowed sequence (default 8000)")
     p.add_argument(
@@ -52,7 +52,7 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
         help="pool: worker processes on this machine; ray: one Ray task per tar (local or --ray_address)",
     )
     p.add_argument("--ray_address", help="Ray cluster to join, e.g. auto or HEAD:6379 (default: start a local Ray)")
-    p.add_argument("--s3_endpoint", help="S3-compatible endpoint URL (TOS, MinIO, Ceph); else the AWS config decides")
+    add_run_flags(p, "tar")
 
 
 def image_ids(args: argparse.Namespace) -> ImageTokenIds:
@@ -212,8 +212,8 @@ def _on_ray(tars: list[str], job: ScanJob, workers: int, executor: Executor, don
 class _Progress:
     """The progress bar, with the scan's MB/s so far."""
 
-    def __init__(self, total: int, clock: Stopwatch):
-        self._bar = progress_bar(total, "tar", "scan")
+    def __init__(self, total: int, clock: Stopwatch, enabled: bool = True):
+        self._bar = progress_bar(total, "tar", "scan", enabled)
         self._clock = clock
         self._bytes = 0
 
@@ -270,17 +270,18 @@ def run_scan(
     make_extra: Callable[..., ExtraCheck] | None = None,
     extra_args: tuple = (),
     executor: Executor = Executor(),
+    progress: bool = True,
 ) -> ScanRun:
     """Scan every tar; the scans come back in the order of `tars`, whatever the executor."""
     clock = Stopwatch()
     job = ScanJob(options, timeout, make_extra, extra_args)
-    progress = _Progress(len(tars), clock)
+    bar = _Progress(len(tars), clock, progress)
     if executor.kind == "ray":
-        scans = _on_ray(tars, job, workers, executor, progress.done)
+        scans = _on_ray(tars, job, workers, executor, bar.done)
     else:
         results = _in_pool(tars, job, workers)
-        scans = [progress.done(_as_scan(path, options.root, r)) for path, r in zip(tars, results)]
-    progress.close()
+        scans = [bar.done(_as_scan(path, options.root, r)) for path, r in zip(tars, results)]
+    bar.close()
     return ScanRun(scans, clock.seconds)
 
 

@@ -1,4 +1,5 @@
-"""Paths that may be local files, s3:// or oss:// objects: read, list, test, write atomically.
+"""Paths that may be local files, s3:// or oss:// objects or http(s):// URLs: read, list, test,
+write atomically.
 
 Every stage reads and writes through these few functions, so object storage is one module,
 not a branch in each stage.
@@ -9,11 +10,15 @@ not a branch in each stage.
   S3-compatible stores (Volcengine TOS, MinIO, Ceph) work as well.
 - oss:// goes through oss2 (see vdp/oss.py): OSS_ENDPOINT, OSS_ACCESS_KEY_ID,
   OSS_ACCESS_KEY_SECRET.
+- http:// and https:// are read-only inputs (videos by URL) through fsspec's HTTP filesystem
+  (see vdp/httpfs.py); writing to one is a usage error.
 
-Transient faults (timeouts, 5xx, throttling, dropped connections) are retried by botocore's
-"standard" retry mode (exponential backoff with full jitter) with a larger attempt budget, and
-by `with_retries` around whole operations. A write appears under its final name only when
-complete: a local temp file plus rename, or an S3 multipart upload that is aborted on failure.
+Transient faults (timeouts, 5xx, throttling, dropped connections, bodies cut short; judged by
+type, status and errno in vdp/faults.py) are retried by botocore's "standard" retry mode
+(exponential backoff with full jitter) with a larger attempt budget, and by `with_retries`
+around whole operations (HTTP has only these, so more of them). A write appears under its
+final name only when complete: a local temp file plus rename, or an S3 multipart upload that
+is aborted on failure.
 """
 
 from __future__ import annotations
@@ -25,7 +30,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-REMOTE_SCHEMES = ("s3://", "oss://")
+from vdp.faults import is_transient  # noqa: F401 - callers ask storage.is_transient
+from vdp.httpfs import HTTPStatusError, URLReadError  # noqa: F401 - what callers catch for http(s) inputs
+
+HTTP_SCHEMES = ("http://", "https://")
+REMOTE_SCHEMES = ("s3://", "oss://", *HTTP_SCHEMES)
 
 
 @dataclass
@@ -33,6 +42,11 @@ class StorageConfig:
     s3_endpoint: str | None = None
     max_attempts: int = 10  # per request, botocore standard mode
     operation_attempts: int = 5  # per whole operation (open + read, upload), ours
+    http_attempts: int = 8  # per operation on an http(s) URL: no request-level retries below
+    backoff: float = 0.2  # longest wait before the first retry (seconds); doubles per retry
+    backoff_cap: float = 8.0
+    http_connect_timeout: float = 10.0  # seconds; a URL's total time is bounded by these
+    http_read_timeout: float = 30.0  # seconds without a byte, not for the whole body
 
 
 _config = StorageConfig()
@@ -46,7 +60,18 @@ def configure(s3_endpoint: str | None = None) -> None:
 
 
 def is_remote(path: str) -> bool:
+    """Object storage or a URL: not a local path (never joined onto a local folder)."""
     return str(path).startswith(REMOTE_SCHEMES)
+
+
+def is_url(path: str) -> bool:
+    """An http(s) URL: a read-only input."""
+    return str(path).startswith(HTTP_SCHEMES)
+
+
+def status_note(exc: BaseException) -> str:
+    """" (HTTP 404)" when `exc` is a URL's error answer, else "": for one-line reasons."""
+    return f" (HTTP {exc.status})" if isinstance(exc, HTTPStatusError) else ""
 
 
 def join(base: str, *parts: str) -> str:
@@ -101,36 +126,46 @@ def _oss():
     return _filesystems[key]
 
 
+def _http():
+    key = (os.getpid(), "http")
+    if key not in _filesystems:
+        from vdp.httpfs import HTTPFileSystem
+
+        retry = lambda fn: with_retries(fn, attempts=_config.http_attempts)  # noqa: E731
+        _filesystems[key] = HTTPFileSystem(_config.http_connect_timeout, _config.http_read_timeout, retry)
+    return _filesystems[key]
+
+
 def _fs(path: str):
-    return _s3() if path.startswith("s3://") else _oss()
+    if path.startswith("s3://"):
+        return _s3()
+    return _http() if is_url(path) else _oss()
+
+
+def _retrying(path: str, fn: Callable):
+    """with_retries with the attempt budget of `path`'s kind of storage."""
+    return with_retries(fn, attempts=_config.http_attempts if is_url(path) else None)
+
+
+def _usage_error(message: str) -> Exception:
+    from vdp.errors import UsageError  # vdp.errors writes through this module
+
+    return UsageError(message)
 
 
 # --- retries ---------------------------------------------------------------------------------
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Faults worth another try: the network or the service, not the object."""
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
-        return False
-    if isinstance(exc, (TimeoutError, ConnectionError)):
-        return True
-    text = f"{type(exc).__name__} {exc}"
-    markers = ("Timeout", "Connection", "SlowDown", "Throttl", "InternalError", "ServiceUnavailable",
-               "503", "500", "502", "504", "IncompleteRead", "ResponseParserError", "ClientPayloadError",
-               "RequestTimeout", "ServerDisconnected", "reset by peer")
-    return any(m in text for m in markers)
-
-
-def with_retries(fn: Callable, what: str = ""):
+def with_retries(fn: Callable, what: str = "", attempts: int | None = None):
     """Call fn(); on a transient fault wait (exponential backoff, full jitter) and call again."""
-    attempts = _config.operation_attempts
+    attempts = attempts or _config.operation_attempts
     for attempt in range(attempts):
         try:
             return fn()
         except Exception as e:
             if attempt == attempts - 1 or not is_transient(e):
                 raise
-            time.sleep(random.uniform(0, min(8.0, 0.2 * 2**attempt)))
+            time.sleep(random.uniform(0, min(_config.backoff_cap, _config.backoff * 2**attempt)))
     raise AssertionError("unreachable")
 
 
@@ -140,45 +175,53 @@ def with_retries(fn: Callable, what: str = ""):
 def exists(path: str) -> bool:
     if not is_remote(path):
         return os.path.exists(path)
-    return with_retries(lambda: _fs(path).exists(path))
+    return _retrying(path, lambda: _fs(path).exists(path))
 
 
 def isdir(path: str) -> bool:
     if not is_remote(path):
         return os.path.isdir(path)
-    return with_retries(lambda: _fs(path).isdir(path))
+    return _retrying(path, lambda: _fs(path).isdir(path))
 
 
 def size(path: str) -> int:
     if not is_remote(path):
         return os.path.getsize(path)
-    return with_retries(lambda: int(_fs(path).size(path)))
+    return _retrying(path, lambda: int(_fs(path).size(path)))
 
 
-def stat(path: str) -> tuple[str, int] | None:
-    """("file", size) or ("directory", 0), or None when nothing is there: one request remotely."""
+def stat(path: str, missing_ok: bool = True) -> tuple[str, int] | None:
+    """("file", size) or ("directory", 0), or None when nothing is there: one request remotely.
+
+    With `missing_ok=False` nothing there raises FileNotFoundError instead, which for a URL
+    tells the HTTP status (404 or 410). A URL whose server tells no length is read to count it.
+    """
     if not is_remote(path):
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            return None
+            if missing_ok:
+                return None
+            raise
         return ("directory", 0) if os.path.isdir(path) else ("file", st.st_size)
 
     def ask():
         try:
             info = _fs(path).info(path)
         except FileNotFoundError:
-            return None
+            if missing_ok:
+                return None
+            raise
         return ("directory", 0) if info.get("type") == "directory" else ("file", int(info.get("size") or 0))
 
-    return with_retries(ask)
+    return _retrying(path, ask)
 
 
 def read_bytes(path: str) -> bytes:
     if not is_remote(path):
         with open(path, "rb") as f:
             return f.read()
-    return with_retries(lambda: _fs(path).cat_file(path))
+    return _retrying(path, lambda: _fs(path).cat_file(path))
 
 
 def open_read(path: str, whole_below: int = 64 * 1024 * 1024, known_size: int | None = None):
@@ -186,7 +229,7 @@ def open_read(path: str, whole_below: int = 64 * 1024 * 1024, known_size: int | 
 
     A remote object smaller than `whole_below` is read in one request into memory (one round
     trip beats the many small ranged reads a demuxer makes); a larger one is streamed with
-    large read-ahead blocks. Nothing is staged on disk.
+    large read-ahead blocks (for a URL: ranged GETs, each retried). Nothing is staged on disk.
     """
     if not is_remote(path):
         return open(path, "rb")
@@ -194,6 +237,8 @@ def open_read(path: str, whole_below: int = 64 * 1024 * 1024, known_size: int | 
     n = size(path) if known_size is None else known_size
     if n < whole_below:
         return io.BytesIO(read_bytes(path))
+    if is_url(path):
+        return fs.open(path, n, block_size=16 * 1024 * 1024)
     return with_retries(lambda: fs.open(path, "rb", block_size=16 * 1024 * 1024, cache_type="readahead"))
 
 
@@ -211,6 +256,8 @@ def list_files(prefix: str, suffix: str = "") -> list[str]:
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             out += [os.path.join(root, f) for f in files if f.endswith(suffix) and not f.startswith(".")]
         return sorted(out)
+    if is_url(prefix):
+        raise _usage_error(f"cannot list {prefix}: an http(s) URL names one file, not a folder")
     fs = _fs(prefix)
     scheme = prefix.split("://", 1)[0] + "://"
     found = with_retries(lambda: fs.find(prefix.rstrip("/")))
@@ -238,6 +285,8 @@ def write_stream_atomically(path: str, fill: Callable) -> None:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return
+    if is_url(path):
+        raise _usage_error(f"cannot write to {path}: http(s) URLs are read-only inputs")
     _fs(path).write_atomically(path, fill) if path.startswith("oss://") else _s3_write(path, fill)
 
 
@@ -282,6 +331,8 @@ def check_output_folder(path: str) -> None:
             if not os.access(path, os.W_OK | os.X_OK):
                 raise PermissionError(f"no write permission on {path}")
             return
+        if is_url(path):
+            raise UsageError(f"cannot write to {path}: http(s) URLs are read-only inputs")
         scheme, rest = path.split("://", 1)
         bucket = rest.split("/", 1)[0]
         if scheme == "s3":

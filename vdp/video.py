@@ -24,6 +24,7 @@ import av
 import numpy as np
 
 from vdp.errors import RecordError
+from vdp.spans import Span, clamp_span, no_frame_in
 
 # AVPictureType as PyAV reports it (an int in PyAV 18).
 _PICT_TYPE = {1: "I", 2: "P", 3: "B", 4: "S", 5: "SI", 6: "SP", 7: "BI"}
@@ -54,6 +55,7 @@ class DecodedFrames:
     chosen: list[int]
     images: dict[int, np.ndarray] = field(default_factory=dict)  # index -> upright BGR
     redecoded: bool = False  # the prediction missed and a second decode was needed
+    span: tuple[float, float] | None = None  # the clip span used, cut to the video's end
 
 
 Chooser = Callable[[list[FrameInfo]], list[int]]
@@ -103,10 +105,14 @@ class PacketInfo:
 class PacketScan:
     infos: list[PacketInfo]  # every packet of the span, decode order
     packets: list | None  # the packets themselves, or None when over the memory budget
+    reached_end: bool = True  # False when the span ended before the video did
 
 
-def _span_packets(container, stream, span):
-    """Yield the video packets that can contribute frames to the span, in decode order."""
+def _span_packets(container, stream, span, cut: list | None = None):
+    """Yield the video packets that can contribute frames to the span, in decode order.
+
+    When the span ends before the video, True is appended to `cut` (when given).
+    """
     tb = stream.time_base
     origin = _origin(stream)
     t0, t1 = _span_bounds(stream, span)
@@ -118,6 +124,8 @@ def _span_packets(container, stream, span):
                 continue
             # dts only grows and never exceeds pts, so past `t1` no later packet can show in the span.
             if p.dts is not None and float((p.dts - origin) * tb) >= t1:
+                if cut is not None:
+                    cut.append(True)
                 break
             yield p
     except av.error.FFmpegError as e:
@@ -126,8 +134,8 @@ def _span_packets(container, stream, span):
 
 def read_packets(container, stream, span: tuple[float, float] | None) -> PacketScan:
     """Demux the span once: packet facts always, packet data while within the memory budget."""
-    infos, packets, held = [], [], 0
-    for p in _span_packets(container, stream, span):
+    infos, packets, held, cut = [], [], 0, []
+    for p in _span_packets(container, stream, span, cut):
         infos.append(PacketInfo(p.pts, p.dts, p.duration or 0, p.is_keyframe))
         if packets is not None:
             held += p.size
@@ -136,7 +144,33 @@ def read_packets(container, stream, span: tuple[float, float] | None) -> PacketS
                 packets = None
     if span is None:
         _check_complete(container, stream, infos)
-    return PacketScan(infos, packets)
+    return PacketScan(infos, packets, not cut)
+
+
+def video_end(container, stream, infos: list[PacketInfo]) -> float:
+    """Seconds from the first frame to the end of the last, from packets that reach the end.
+
+    The header's duration is the fallback when no packet has a timestamp.
+    """
+    tb, origin, frame = stream.time_base, _origin(stream), 1.0 / _fps(stream)
+    ends = [float((i.pts - origin) * tb) + (float(i.duration * tb) if i.duration else frame) for i in infos if i.pts is not None]
+    if ends:
+        return max(ends)
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    return (container.duration or 0) / 1e6
+
+
+def fit_span(container, stream, scan: PacketScan, span: Span) -> tuple[float, float]:
+    """The span cut to the video's end (RecordError when it misses the video or holds no frame).
+
+    Only a scan that reached the video's end knows where it is; one that stopped early did so
+    at a packet past the span's end, so the span is inside the video.
+    """
+    fitted = clamp_span(span, video_end(container, stream, scan.infos)) if scan.reached_end else span
+    if not predict_frames(scan.infos, stream, fitted):
+        raise no_frame_in(fitted)
+    return fitted
 
 
 def _packets_again(container, stream, span, scan: PacketScan):
@@ -424,7 +458,7 @@ def _drain(stream) -> list:
 def decode_chosen(
     source,
     choose: Chooser,
-    span: tuple[float, float] | None = None,
+    span: Span | None = None,
     max_side: int = 1280,
     threads: int = 1,
     needs_types: bool = True,
@@ -435,6 +469,7 @@ def decode_chosen(
     types (when `needs_types`) from an intra-only pass, and only the chosen frames'
     dependencies are decoded. Otherwise, or when that shortcut cannot find a chosen frame,
     every frame is decoded once (and a missed frame found by a second decode).
+    A span is cut to the video's end; one that misses the video raises RecordError.
     """
     container, stream = open_video(source)
     try:
@@ -442,12 +477,14 @@ def decode_chosen(
         scan = read_packets(container, stream, span)
         if not scan.infos:
             raise RecordError("empty: no video packets" + (" in span" if span else ""))
+        if span is not None:
+            span = fit_span(container, stream, scan, span)
         if threads == 1:
             selective = _decode_selective(container, stream, scan, span, choose, needs_types)
             if selective is not None:
                 frames, chosen, kept, rotation = selective
                 images = {i: upright_bgr(kept[i], rotation, max_side) for i in sorted(set(chosen))}
-                return DecodedFrames(_meta(container, stream, frames, rotation), frames, chosen, images)
+                return DecodedFrames(_meta(container, stream, frames, rotation), frames, chosen, images, span=span)
             container.seek(0, stream=stream, backward=True)
             stream.codec_context.flush_buffers()
             scan = read_packets(container, stream, span)
@@ -463,7 +500,7 @@ def decode_chosen(
             if set(chosen) - kept.keys():
                 raise RecordError("undecodable: frames differ between two decodes")
         images = {i: upright_bgr(kept[i], rotation, max_side) for i in sorted(set(chosen))}
-        return DecodedFrames(_meta(container, stream, frames, rotation), frames, chosen, images, bool(missing))
+        return DecodedFrames(_meta(container, stream, frames, rotation), frames, chosen, images, bool(missing), span)
     finally:
         container.close()
 
