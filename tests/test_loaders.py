@@ -331,3 +331,50 @@ def test_usage_errors_for_loader_flags(tmp_path, capsys):
             pack.main(["--manifest", m, "--type", "un", "--save_path", str(tmp_path / "o"), *argv])
         assert e.value.code == 2
         assert said in capsys.readouterr().err
+
+
+# --- the same layouts on object storage and behind URLs ------------------------------------
+
+
+def test_internvid_on_s3_finds_clips_and_extensions_as_locally(s3_env, tmp_path):
+    """`.*` and pre-cut clips are looked up on S3 too, and give the local run's bytes."""
+    import boto3
+
+    from tests.s3_fixtures import make_bucket
+
+    root = tmp_path / "videos"
+    video(str(root / "gi8Qm8ZHRAY.mkv"))
+    video(str(root / "xKc2NwB9hPo_00:00:01.000_00:00:02.000.webm"), seconds=1.0)
+    shutil.copy(data("InternVid-10M-FLT.jsonl"), root / "InternVid-10M-FLT.jsonl")
+    local = tmp_path / "local"
+    assert pack_un(str(root / "InternVid-10M-FLT.jsonl"), local, "--dataset", "internvid") == 0
+    make_bucket(s3_env, "internvid")
+    client = boto3.client("s3", endpoint_url=s3_env)
+    for name in os.listdir(root):
+        client.upload_file(str(root / name), "internvid", f"raw/{name}")
+    remote = tmp_path / "from-s3"
+    assert pack_un("s3://internvid/raw/InternVid-10M-FLT.jsonl", remote, "--dataset", "internvid",
+                   "--s3_endpoint", s3_env) == 0
+    tars = sorted(n for n in os.listdir(local) if n.endswith(".tar"))
+    assert tars and all((local / n).read_bytes() == (remote / n).read_bytes() for n in tars)
+
+
+def test_webvid_source_url_reads_content_urls(tmp_path):
+    """--source url: the CSV's contentUrl is the video, fetched over HTTP (here from loopback)."""
+    from tests.http_fixtures import serve_folder
+
+    served = tmp_path / "served"
+    video(str(served / "a.mp4"), seconds=1.0)
+    with serve_folder(str(served)) as server:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        m = tmp_path / "results_10M_val.csv"
+        m.write_text("videoid,name,page_idx,page_dir,duration,contentUrl\n"
+                     f'1,"A clip, served",0,000001_000050,PT00H00M01S,{base}/a.mp4\n'
+                     f"2,Gone,0,000001_000050,PT00H00M01S,{base}/gone.mp4\n")
+        out = tmp_path / "out"
+        assert pack_un(str(m), out, "--dataset", "webvid", "--source", "url") == 1
+    s = read_samples(str(out))
+    assert json.loads(s["000000000"]["json"])["source"] == f"{base}/a.mp4"
+    assert_frames_within(s["000000000"], 0, 1, "A clip, served")
+    errors = [json.loads(line) for line in open(out / "errors-0.jsonl")]
+    assert [(e["key"], e["reason"]) for e in errors] == [("000000001", f"missing file: {base}/gone.mp4 (HTTP 404)")]
