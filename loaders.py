@@ -29,7 +29,7 @@ import json
 import re
 from collections.abc import Iterator
 
-from vdp.manifest import (  # noqa: F401 (re-exported for loaders users write)
+from vdp.pack.manifest import (  # noqa: F401 (re-exported for loaders users write)
     LOADERS,
     BadRow,
     LoaderOptions,

@@ -18,17 +18,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import loaders  # noqa: E402,F401 (registers the datasets)
 from samplers import SAMPLERS, SamplerOptions  # noqa: E402
-from vdp import storage  # noqa: E402
-from vdp.cli import add_run_flags  # noqa: E402
+from vdp.cli.common import add_run_flags  # noqa: E402
 from vdp.errors import EXIT_OK, EXIT_SOME_ERRORS, EXIT_USAGE, UsageError, jsonl_bytes, reason_counts  # noqa: E402
-from vdp.locate import resolve  # noqa: E402
-from vdp.manifest import LOADERS, LoaderOptions, Manifest, Record, fill_captions  # noqa: E402
-from vdp.plan import machine_range, plan_tars  # noqa: E402
-from vdp.pool import WorkFailure, map_ordered  # noqa: E402
-from vdp.prefetch import prefetched  # noqa: E402
-from vdp.progress import Stopwatch, print_summary, progress_bar  # noqa: E402
-from vdp.ray_executor import ray_map_units  # noqa: E402
-from vdp.stage1 import (  # noqa: E402
+from vdp.io import storage  # noqa: E402
+from vdp.io.tario import write_bytes_atomically  # noqa: E402
+from vdp.pack.locate import resolve  # noqa: E402
+from vdp.pack.manifest import LOADERS, LoaderOptions, Manifest, Record, fill_captions  # noqa: E402
+from vdp.pack.plan import machine_range, plan_tars  # noqa: E402
+from vdp.pack.stage import (  # noqa: E402
     STATE_DIR,
     PackOptions,
     TarResult,
@@ -42,7 +39,10 @@ from vdp.stage1 import (  # noqa: E402
     pack_tar,
     write_planned_tars,
 )
-from vdp.tario import write_bytes_atomically  # noqa: E402
+from vdp.run.pool import WorkFailure, map_ordered  # noqa: E402
+from vdp.run.prefetch import prefetched  # noqa: E402
+from vdp.run.progress import Stopwatch, print_summary, progress_bar  # noqa: E402
+from vdp.run.ray import ray_map_units  # noqa: E402
 
 EXAMPLES = """
 examples:

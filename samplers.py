@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vdp.video import FrameInfo
+from vdp.media.video import FrameInfo
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,12 @@
 
 Two measures, each size in a fresh child process (so its peak RSS, VmHWM, is its own):
 
-  spool   SCALE samples of 16 frames (8-24 KB each, odd sizes) go through vdp.spool.FrameSpool
+  spool   SCALE samples of 16 frames (8-24 KB each, odd sizes) go through vdp.tokenize.spool.FrameSpool
           the way stage 2 uses it for remote tars: put as each sample is read, given back
           (whole sample) once it leaves a window of --window samples (the packing window).
           Reported: the spool's disk at its fullest and at the end of the stream (before the
           last window drains), and the child's peak RSS.
-  scan    vdp.scan.scan_tar of one stage-1 tar of SCALE x 128 members (samples of a json and
+  scan    vdp.index.scan.scan_tar of one stage-1 tar of SCALE x 128 members (samples of a json and
           16 tiny frames; 205k members at 1600x, the issue's 206k-member tar) without --deep.
           Reported: the child's peak RSS and the scan's time.
 
@@ -51,7 +51,7 @@ def peak_rss() -> int:
 
 
 def spool_child(scale: int, window: int, folder: str) -> dict:
-    from vdp.spool import FrameSpool
+    from vdp.tokenize.spool import FrameSpool
 
     rng = random.Random(scale)
     frames = [rng.randbytes(rng.randint(8_000, 24_000)) for _ in range(64)]  # reused: the bytes do not matter
@@ -71,8 +71,8 @@ def spool_child(scale: int, window: int, folder: str) -> dict:
 
 
 def scan_child(path: str) -> dict:
-    from vdp.scan import ScanOptions, scan_tar
-    from vdp.validate import CheckOptions
+    from vdp.index.scan import ScanOptions, scan_tar
+    from vdp.index.validate import CheckOptions
 
     clock = time.perf_counter()
     scan = scan_tar(path, ScanOptions(CheckOptions(patches=4), root=os.path.dirname(path)))

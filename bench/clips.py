@@ -6,7 +6,7 @@ and `--type un`, on the same clip spans of the same videos, side by side in one 
     .venv/bin/python bench/clips.py --quick   # smoke run on one small video
 
 Videos: --videos H.264 videos of --seconds at --size (default 3 x 60 s 1280x720, 25 fps, GOP
-2 s, 2 B-frames) made with vdp.synth (each frame carries its number), cached under OUT/clips/.
+2 s, 2 B-frames) made with tests.synth (each frame carries its number), cached under OUT/clips/.
 Manifest: --clips_per_video spans of --clip_seconds each, spread over every video, none
 starting on a key frame. Runs, each a whole `pack.py --workers 1` command (one core), the
 three interleaved, best of --repeat:
@@ -51,9 +51,9 @@ import av  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vdp.shards import iter_samples, list_tars  # noqa: E402
-from vdp.synth import BITS, VideoSpec, make_video, read_frame_number  # noqa: E402
-from vdp.video import upright_bgr  # noqa: E402
+from tests.synth import BITS, VideoSpec, make_video, read_frame_number  # noqa: E402
+from vdp.io.shards import iter_samples, list_tars  # noqa: E402
+from vdp.media.video import upright_bgr  # noqa: E402
 
 PACK = os.path.join(REPO, "pack.py")
 MODES = ("copy", "exact", "un")

@@ -10,7 +10,7 @@ OUT/shards (kept between runs): each sequence ~7,600 tokens as a JSON list (28 i
 writes them. With the files in the page cache, it times:
 
   cat        `cat` of every tar to /dev/null: the cost of just reading the bytes
-  scan w1    vdp.stage3.run_scan with one worker process (what index/main.py runs; no index writing)
+  scan w1    vdp.index.stage.run_scan with one worker process (what index/main.py runs; no index writing)
   scan w2    the same with two workers
   ray w2     the same as two Ray tasks at a time (--executor ray; local Ray started beforehand,
              its start-up reported apart)
@@ -40,11 +40,11 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.ceiling import cpu_ceiling, spin_seconds  # noqa: E402
-from vdp.scan import ScanOptions  # noqa: E402
-from vdp.shards import list_tars  # noqa: E402
-from vdp.stage3 import Executor, run_scan  # noqa: E402
-from vdp.tario import write_tar_atomically  # noqa: E402
-from vdp.validate import CheckOptions  # noqa: E402
+from vdp.index.scan import ScanOptions  # noqa: E402
+from vdp.index.stage import Executor, run_scan  # noqa: E402
+from vdp.index.validate import CheckOptions  # noqa: E402
+from vdp.io.shards import list_tars  # noqa: E402
+from vdp.io.tario import write_tar_atomically  # noqa: E402
 
 VOCAB, PATCHES = 32000, 256
 
@@ -113,7 +113,7 @@ def ray_seconds(tars: list[str], options: ScanOptions, repeat: int) -> tuple[flo
     """(start-up, best scan) of a local Ray with two CPUs; the start-up is paid once per command."""
     import ray
 
-    from vdp.ray_executor import start_ray
+    from vdp.run.ray import start_ray
 
     start = time.perf_counter()
     start_ray(None, 2)
@@ -129,7 +129,7 @@ def s3_seconds(tars: list[str], root: str, repeat: int) -> tuple[float, float]:
     import boto3
 
     from tests.s3_fixtures import S3_ENV, make_bucket, moto_server
-    from vdp import storage
+    from vdp.io import storage
 
     os.environ.update(S3_ENV)
     check = CheckOptions(patches=PATCHES, max_len=8000)

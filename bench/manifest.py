@@ -37,7 +37,7 @@ OUT = os.path.join(ROOT, "bench_out", "manifest")
 WHOLE = """
 import json, sys
 sys.path.insert(0, {root!r})
-from vdp.manifest import make_record
+from vdp.pack.manifest import make_record
 rows = []
 with open({path!r}, encoding="utf-8") as f:
     for n, line in enumerate(f, 1):
@@ -103,7 +103,7 @@ def main() -> int:
     a = p.parse_args()
     big = a.big or (200_000 if a.quick else 2_000_000)
     os.makedirs(OUT, exist_ok=True)
-    from vdp.synth import VideoSpec, make_video
+    from tests.synth import VideoSpec, make_video
 
     video = make_video(os.path.join(OUT, "v.mp4"), VideoSpec(num_frames=25))
     results, failed = {}, False

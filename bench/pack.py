@@ -9,7 +9,7 @@ skipped with a message. Install them with:
 
     apt-get update && apt-get install -y ffmpeg
 
-Every run below works on the same generated videos (painted frame numbers, see vdp.synth),
+Every run below works on the same generated videos (painted frame numbers, see tests.synth),
 once, after a warm-up on one video:
 
   seed       `bench/pack.py seed ...` (a whole command): per video `ffprobe -show_frames`, then
@@ -17,7 +17,7 @@ once, after a warm-up on one video:
              temp folder, the kf choice (choose_keyframes) read back and written to a tar
   kf w1      `pack.py --type kf --workers 1` (a whole command, tars written)
   kf wN      `pack.py --type kf --workers N` (N = --workers, default 2)
-  un ours    vdp.stage1.pack_record per video in this process: decode + cv2 JPEG encode
+  un ours    vdp.pack.stage.pack_record per video in this process: decode + cv2 JPEG encode
   un decord  decord.VideoReader, `vr[i]` per choose_uniform index + cv2 JPEG encode, this process
 
 Targets (wall-time ratios): kf w1 >= 12x seed; un ours >= 1.5x decord; kf wN >= 1.8x kf w1.
@@ -68,12 +68,12 @@ import numpy as np  # noqa: E402
 
 from loaders import Record  # noqa: E402
 from samplers import SamplerOptions, choose_keyframes, choose_uniform  # noqa: E402
-from vdp.plan import sample_key  # noqa: E402
-from vdp.shards import iter_samples, list_tars  # noqa: E402
-from vdp.stage1 import PackOptions, WorkItem, init_worker, pack_record  # noqa: E402
-from vdp.synth import VideoSpec, make_video, read_frame_number  # noqa: E402
-from vdp.tario import Member, write_tar_atomically  # noqa: E402
-from vdp.video import FrameInfo  # noqa: E402
+from tests.synth import VideoSpec, make_video, read_frame_number  # noqa: E402
+from vdp.io.shards import iter_samples, list_tars  # noqa: E402
+from vdp.io.tario import Member, write_tar_atomically  # noqa: E402
+from vdp.media.video import FrameInfo  # noqa: E402
+from vdp.pack.plan import sample_key  # noqa: E402
+from vdp.pack.stage import PackOptions, WorkItem, init_worker, pack_record  # noqa: E402
 
 PACK = os.path.join(REPO, "pack.py")
 SEED_JPEG_Q = "2"  # ffmpeg's mjpeg -q:v scale (2 = best usual): the nearest to --jpeg_quality 95
@@ -600,7 +600,7 @@ def bench_uniform(a: argparse.Namespace, videos: list[BenchVideo], runs: dict[st
     step("un ours (in-process pack_record): warm-up, then the run")
     un_ours(videos[:1], popts)
     timing, picked = timed(lambda: un_ours(videos, popts))
-    runs["un ours"] = make_run("un ours", "vdp.stage1.pack_record, type un", timing, picked, 1, 1)
+    runs["un ours"] = make_run("un ours", "vdp.pack.stage.pack_record, type un", timing, picked, 1, 1)
     if a.skip_decord or decord_version() is None:
         return
     step("un decord (VideoReader, vr[i] per index): warm-up, then the run")

@@ -36,7 +36,7 @@ sys.path.insert(0, REPO)
 import boto3  # noqa: E402
 
 from tests.s3_fixtures import S3_ENV, make_bucket, moto_server  # noqa: E402
-from vdp.synth import VideoSpec, make_video  # noqa: E402
+from tests.synth import VideoSpec, make_video  # noqa: E402
 
 PACK = os.path.join(REPO, "pack.py")
 

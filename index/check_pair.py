@@ -23,11 +23,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vdp import storage  # noqa: E402
 from vdp.errors import EXIT_USAGE, UsageError  # noqa: E402
-from vdp.report import write_report  # noqa: E402
-from vdp.scan import ScanOptions, merge_picks  # noqa: E402
-from vdp.stage3 import add_common_flags, check_options, executor_of, find_tars, finish, run_scan  # noqa: E402
+from vdp.index.report import write_report  # noqa: E402
+from vdp.index.scan import ScanOptions, merge_picks  # noqa: E402
+from vdp.index.stage import add_common_flags, check_options, executor_of, find_tars, finish, run_scan  # noqa: E402
+from vdp.io import storage  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     extra: tuple = ()  # (make_extra, its args): the decoder is built where the scan runs
     if args.tokenizer:
-        from vdp.textwin import make_window_check
+        from vdp.index.textwin import make_window_check
 
         extra = (make_window_check, (args.tokenizer, args.window))
     run = run_scan(tars, options, args.workers, args.timeout, *extra, executor=executor_of(args),

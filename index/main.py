@@ -22,9 +22,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vdp import storage  # noqa: E402
 from vdp.errors import EXIT_USAGE, UsageError  # noqa: E402
-from vdp.indexfmt import (  # noqa: E402
+from vdp.index.formats import (  # noqa: E402
     default_url,
     megatron_entries,
     prefixed_url,
@@ -33,8 +32,9 @@ from vdp.indexfmt import (  # noqa: E402
     write_json,
     write_megatron_pkl,
 )
-from vdp.scan import ScanOptions  # noqa: E402
-from vdp.stage3 import add_common_flags, check_options, executor_of, find_tars, finish, run_scan  # noqa: E402
+from vdp.index.scan import ScanOptions  # noqa: E402
+from vdp.index.stage import add_common_flags, check_options, executor_of, find_tars, finish, run_scan  # noqa: E402
+from vdp.io import storage  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

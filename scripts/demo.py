@@ -15,8 +15,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from vdp.synth import VideoSpec, make_video  # noqa: E402
-from vdp.synth_tokenizer import train_llama_like_tokenizer  # noqa: E402
+from tests.synth import VideoSpec, make_video  # noqa: E402
+from tests.synth_tokenizer import train_llama_like_tokenizer  # noqa: E402
 
 DEMO_VIDEOS = {
     "street.mp4": VideoSpec(num_frames=120, width=320, height=180, bframes=2, gop=30),

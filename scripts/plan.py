@@ -21,10 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import loaders  # noqa: E402,F401 (registers the datasets)
-from vdp import storage  # noqa: E402
-from vdp.manifest import LOADERS, Manifest  # noqa: E402
-from vdp.plan import machine_range, plan_tars  # noqa: E402
-from vdp.stage2 import list_input_tars, plan_groups, tar_range  # noqa: E402
+from vdp.io import storage  # noqa: E402
+from vdp.pack.manifest import LOADERS, Manifest  # noqa: E402
+from vdp.pack.plan import machine_range, plan_tars  # noqa: E402
+from vdp.tokenize.stage import list_input_tars, plan_groups, tar_range  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

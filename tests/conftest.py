@@ -21,7 +21,7 @@ def s3_endpoint():
 @pytest.fixture()
 def s3_env(s3_endpoint, monkeypatch):
     """Credentials for the moto server in the environment (forked workers inherit them)."""
-    from vdp import storage
+    from vdp.io import storage
 
     for k, v in S3_ENV.items():
         monkeypatch.setenv(k, v)

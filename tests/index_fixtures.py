@@ -1,4 +1,4 @@
-"""Stage-1 and stage-2 shards written directly (via vdp.tario), sound and broken, for the stage-3 tests.
+"""Stage-1 and stage-2 shards written directly (via vdp.io.tario), sound and broken, for the stage-3 tests.
 
 Nothing here runs pack.py or tokenize/main.py: the formats are built from their written
 contract (issues 2 and 3), so the validator is tested against the contract itself.
@@ -14,7 +14,7 @@ import random
 import cv2
 import numpy as np
 
-from vdp.tario import write_tar_atomically
+from vdp.io.tario import write_tar_atomically
 
 VOCAB = 32000
 PATCH, START, END = VOCAB, VOCAB + 1, VOCAB + 2

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import webdataset as wds
 
-from vdp.synth import VideoSpec, make_video, read_frame_number
-from vdp.video import upright_bgr
+from tests.synth import VideoSpec, make_video, read_frame_number
+from vdp.media.video import upright_bgr
 
 # name -> spec: each one a trap from shared/notes/video-decoding.md
 VIDEO_SPECS = {

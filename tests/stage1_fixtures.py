@@ -6,7 +6,7 @@ conversations) and `{key}.{name}.jpg` per frame; tars are named
 `shard-{machine_id}-{start}-{end}-{tar_id}.tar`. Frames are synthetic pictures of a few sizes
 encoded once with cv2 and reused, so a corpus of thousands of frames costs milliseconds.
 
-The legacy layout (the seed's stage 1), as read by `vdp.frame_samples`:
+The legacy layout (the seed's stage 1), as read by `vdp.tokenize.frame_samples`:
 - `{key}.json` = {"image_name_list": ["{key}-0", "{key}-1", ...], "prompt": human text with one
   placeholder per frame, "txt": the caption} -- for multi-turn samples prompt and txt are lists,
   one entry per turn;
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from vdp.synth_tokenizer import EXTRA, WORDS, caption, train_llama_like_tokenizer  # noqa: F401 (re-exported)
-from vdp.tario import Member, write_tar_atomically
+from tests.synth_tokenizer import EXTRA, WORDS, caption, train_llama_like_tokenizer  # noqa: F401 (re-exported)
+from vdp.io.tario import Member, write_tar_atomically
 
 SMALL_SIZES = [(64, 48), (48, 64), (80, 45), (56, 56)]
 BENCH_SIZES = [(640, 360), (480, 270), (360, 640), (512, 512)]

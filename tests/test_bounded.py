@@ -17,11 +17,11 @@ from types import SimpleNamespace
 
 from tests.hostile_tars import END_OF_ARCHIVE, good, header, members_bytes, sound_tar
 from tests.index_fixtures import frames_sample, write_tar
-from vdp import tarslices
-from vdp.frame_samples import read_frame_samples
-from vdp.scan import ScanOptions, scan_tar
-from vdp.spool import FrameSpool
-from vdp.validate import CheckOptions
+from vdp.index.scan import ScanOptions, scan_tar
+from vdp.index.validate import CheckOptions
+from vdp.io import tarslices
+from vdp.tokenize.frame_samples import read_frame_samples
+from vdp.tokenize.spool import FrameSpool
 
 
 def allocated(spool: FrameSpool) -> int:
@@ -83,7 +83,7 @@ def test_a_remote_tar_streams_past_a_refused_member_without_keeping_it(tmp_path,
         f.write(sound_tar("000000000") + header("000000001.json", 200 << 20))
         f.seek(200 << 20, os.SEEK_CUR)
         f.write(members_bytes(good("000000001")[1:]) + sound_tar("000000002") + END_OF_ARCHIVE)
-    # The tar as vdp.storage would serve an object of that size: a stream read front to back.
+    # The tar as vdp.io.storage would serve an object of that size: a stream read front to back.
     store = SimpleNamespace(
         is_remote=lambda p: True,
         size=os.path.getsize,

@@ -15,9 +15,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from s3fs.errors import translate_boto_error
 
 from tests.http_fixtures import closed_port
-from vdp import storage
-from vdp.faults import is_transient
-from vdp.httpfs import HTTPNotFound, HTTPStatusError
+from vdp.io import storage
+from vdp.io.faults import is_transient
+from vdp.io.httpfs import HTTPNotFound, HTTPStatusError
 
 SHARD = "s3://bucket/shards/shard-0-0-500-0.tar"  # the default --samples_per_tar puts 500 in names
 

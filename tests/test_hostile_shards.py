@@ -26,8 +26,8 @@ import pytest
 from tests.hostile_tars import CASES, GB, HostileCase, header, regular
 from tests.stage1_fixtures import train_llama_like_tokenizer
 from tests.test_tokenize import output_sequences
-from vdp.tario import TarReadError
-from vdp.tarslices import _tarfile_index, iter_tar_index
+from vdp.io.tario import TarReadError
+from vdp.io.tarslices import _tarfile_index, iter_tar_index
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADDRESS_SPACE = 2 * GB  # both commands need under 0.7 GB of address space; a 3 GB read cannot fit
@@ -132,7 +132,7 @@ def test_hostile_tar_is_one_error_row_in_both_stages(case: HostileCase, model, t
 
 
 def test_hostile_tars_in_a_bucket_give_the_same_rows(s3_env, model, tmp_path, capsys):
-    """Every case (but the sparse one) as objects in a bucket: stage 2 streams them (vdp.tarslices'
+    """Every case (but the sparse one) as objects in a bucket: stage 2 streams them (vdp.io.tarslices'
     window) and stage 3 reads them ranged; the rows and the survivors are the local run's."""
     import index.main as index_main
     from tests.s3_fixtures import make_bucket

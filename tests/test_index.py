@@ -30,11 +30,11 @@ from tests.index_fixtures import (
     video_sample,
     write_tar,
 )
-from vdp import stage3
-from vdp.indexfmt import energon_files, megatron_entries, wids_index
-from vdp.pool import WorkFailure
-from vdp.scan import ScanOptions
-from vdp.validate import CheckOptions
+from vdp.index import stage as stage3
+from vdp.index.formats import energon_files, megatron_entries, wids_index
+from vdp.index.scan import ScanOptions
+from vdp.index.validate import CheckOptions
+from vdp.run.pool import WorkFailure
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "index", "main.py")

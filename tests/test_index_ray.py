@@ -14,7 +14,8 @@ from tests.ray_helpers import on_ray_only
 from tests.s3_fixtures import make_bucket, moto_server
 from tests.test_index import PATCHES, write_defect_dataset
 from tests.test_index_s3 import comparable, download_tree, upload_tree
-from vdp import stage3, storage
+from vdp.index import stage as stage3
+from vdp.io import storage
 
 ray = pytest.importorskip("ray")
 

@@ -20,10 +20,10 @@ import index.main as index_main
 from tests.index_fixtures import energon_meta, train_sentencepiece, tree_files, write_tokenized_dataset
 from tests.s3_fixtures import faulty_proxy, make_bucket
 from tests.test_index import PATCHES, write_defect_dataset
-from vdp import storage
-from vdp.localcopy import local_copy
-from vdp.scan import ScanOptions, scan_tar
-from vdp.validate import CheckOptions
+from vdp.index.scan import ScanOptions, scan_tar
+from vdp.index.validate import CheckOptions
+from vdp.io import storage
+from vdp.io.localcopy import local_copy
 
 FLAGS = ["--dataset_name", "ds", "--patches", str(PATCHES), "--max_len", "120", "--workers", "2"]
 
@@ -163,7 +163,7 @@ class _CutStream(io.BytesIO):
         return super().read(n)
 
 
-# botocore's own: not an OSError, a transient fault by its type (vdp.faults), not by its name
+# botocore's own: not an OSError, a transient fault by its type (vdp.io.faults), not by its name
 @pytest.mark.parametrize("error", [ConnectionResetError(104, "reset by peer"), EndpointConnectionError(endpoint_url="gone")])
 def test_a_read_fault_mid_tar_is_unreadable_not_corrupt(local_index, monkeypatch, error):
     """The tar's bytes are fine, the network is not: the user is told to rerun, not to rebuild."""

@@ -16,8 +16,8 @@ import pytest
 import loaders  # noqa: F401 (registers the datasets)
 import pack
 from tests.pack_helpers import frame_numbers, read_samples
-from vdp.manifest import LOADERS, BadRow, LoaderOptions, Manifest, Record, parse_time
-from vdp.synth import VideoSpec, make_video
+from tests.synth import VideoSpec, make_video
+from vdp.pack.manifest import LOADERS, BadRow, LoaderOptions, Manifest, Record, parse_time
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 FPS = 25
@@ -158,7 +158,7 @@ def test_csv_quoted_newlines_wrong_field_counts_and_stray_quotes(tmp_path):
 
 def test_any_range_equals_the_same_slice_of_a_full_read(tmp_path, monkeypatch):
     """Seeking to a checkpoint and parsing from there gives exactly the records of a full read."""
-    import vdp.manifest as manifest
+    import vdp.pack.manifest as manifest
 
     monkeypatch.setattr(manifest, "ROWS_PER_CHECKPOINT", 7)
     p = tmp_path / "hdvila.jsonl"
@@ -178,7 +178,7 @@ def test_any_range_equals_the_same_slice_of_a_full_read(tmp_path, monkeypatch):
 @pytest.mark.parametrize("fmt", ["jsonl", "tsv", "csv"])
 def test_counting_by_blocks_agrees_with_parsing_line_by_line(tmp_path, monkeypatch, fmt):
     """Blank and whitespace-only lines, CRLF, a last line without newline, rows across blocks."""
-    import vdp.manifest as manifest
+    import vdp.pack.manifest as manifest
 
     monkeypatch.setattr(manifest, "ROWS_PER_CHECKPOINT", 5)
     monkeypatch.setattr(manifest, "COUNT_BLOCK", 64)

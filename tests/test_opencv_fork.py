@@ -29,7 +29,7 @@ picture = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.ui
 for _ in range(3):
     cv2.resize(picture, (700, 700), interpolation=cv2.INTER_AREA)  # OpenCV's thread pool is running
 
-from vdp import stage2
+from vdp.tokenize import stage as stage2
 
 model, src, out = sys.argv[2:5]
 options = stage2.TokenizeOptions(model, "un", patches=4, max_side=64)  # the frames are shrunk: OpenCV in the child

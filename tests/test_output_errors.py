@@ -69,7 +69,7 @@ def test_a_missing_bucket_is_a_usage_error(name, inputs, s3_env, capsys):
 def test_oss_bucket_is_checked_too(inputs, s3_env, monkeypatch, capsys):
     """oss:// through oss2; moto, answering in OSS's XML dialect, stands in for OSS."""
     from tests.s3_fixtures import faulty_proxy
-    from vdp import storage
+    from vdp.io import storage
 
     make_bucket(s3_env, "oss-present")
     with faulty_proxy(s3_env, failure_rate=0.0, strip_namespace=True) as (proxy, _):

@@ -22,8 +22,8 @@ from tests.pack_helpers import (
     tree_bytes,
     write_manifest,
 )
-from vdp.synth import VideoSpec, make_video, read_frame_number
-from vdp.video import decode_chosen
+from tests.synth import VideoSpec, make_video, read_frame_number
+from vdp.media.video import decode_chosen
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -223,7 +223,7 @@ def broken_manifest(videos, tmp_path):
     with av.open(str(tmp_path / "faststart.mp4"), "w", options={"movflags": "faststart"}) as out:
         s = out.add_stream("libx264", rate=25)
         s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        from vdp.synth import paint_frame
+        from tests.synth import paint_frame
 
         for n in range(60):
             for p in s.encode(av.VideoFrame.from_ndarray(paint_frame(n, 64, 48), format="rgb24")):
@@ -402,12 +402,12 @@ def test_help_shows_examples():
 
 def test_long_videos_are_demuxed_twice_instead_of_held(videos, monkeypatch):
     """Over the packet memory budget the decoder streams a second demux: same frames."""
-    import vdp.video
+    import vdp.media.video
 
     path = videos["h264_bframes.mp4"]
     opts = SamplerOptions(kf_iframes=3, kf_total=9)
     held = decode_chosen(path, lambda frames: choose_keyframes(frames, opts))
-    monkeypatch.setattr(vdp.video, "PACKET_MEMORY_BUDGET", 1)
+    monkeypatch.setattr(vdp.media.video, "PACKET_MEMORY_BUDGET", 1)
     streamed = decode_chosen(path, lambda frames: choose_keyframes(frames, opts))
     assert streamed.frames == held.frames and streamed.chosen == held.chosen
     assert all((streamed.images[i] == held.images[i]).all() for i in held.chosen)

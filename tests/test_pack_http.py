@@ -20,7 +20,7 @@ import pytest
 import pack
 from tests.http_fixtures import closed_port, serve_folder
 from tests.pack_helpers import VIDEO_SPECS, make_videos, write_manifest
-from vdp import storage
+from vdp.io import storage
 
 KINDS = ["video-only", "un", "kf"]
 # one record not there; one a web page, not a video (not a .txt: FFmpeg's tty demuxer plays those)

@@ -6,7 +6,7 @@ import pytest
 
 import pack
 from tests.pack_helpers import tree_bytes, write_manifest
-from vdp.synth import VideoSpec, make_video
+from tests.synth import VideoSpec, make_video
 
 ray = pytest.importorskip("ray")
 

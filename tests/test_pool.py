@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from vdp.pool import WorkFailure, map_ordered
+from vdp.run.pool import WorkFailure, map_ordered
 
 
 def square_slowly(x: int) -> int:

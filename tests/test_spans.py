@@ -18,13 +18,13 @@ import av
 import pytest
 
 import pack
-import vdp.stage1
+import vdp.pack.stage
 from samplers import SamplerOptions, choose_keyframes, choose_uniform
 from tests.pack_helpers import frame_numbers, read_samples, video_frames, write_manifest
+from tests.synth import VideoSpec, make_video
 from vdp.errors import RecordError
-from vdp.spans import clamp_span, requested_span
-from vdp.synth import VideoSpec, make_video
-from vdp.video import FrameInfo
+from vdp.media.spans import clamp_span, requested_span
+from vdp.media.video import FrameInfo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FPS, FRAMES = 25, 50  # a 2.00 s video
@@ -208,14 +208,14 @@ def _three_records(tmp_path, poisoned: str) -> str:
 def test_an_unexpected_exception_is_one_error_naming_it(tmp_path, monkeypatch):
     """A bug met by one record (here an IndexError from the decoder) is that record's error line,
     with the exception's type and place; its neighbours in the same tar are packed."""
-    real = vdp.stage1.decode_chosen
+    real = vdp.pack.stage.decode_chosen
 
     def buggy(source, *args, **kwargs):
         if str(source).endswith("boom.mp4"):
             return [][0]
         return real(source, *args, **kwargs)
 
-    monkeypatch.setattr(vdp.stage1, "decode_chosen", buggy)  # forked workers inherit it
+    monkeypatch.setattr(vdp.pack.stage, "decode_chosen", buggy)  # forked workers inherit it
     m = _three_records(tmp_path, "boom.mp4")
     out = str(tmp_path / "o")
     assert pack.main(["--manifest", m, "--type", "un", "--num_frames", "2", "--save_path", out, "--workers", "2",
@@ -228,14 +228,14 @@ def test_an_unexpected_exception_is_one_error_naming_it(tmp_path, monkeypatch):
 
 def test_the_catch_all_leaves_the_timeout_to_the_pool(tmp_path, monkeypatch):
     """The alarm that ends a record that takes too long is not an unexpected error."""
-    real = vdp.stage1.decode_chosen
+    real = vdp.pack.stage.decode_chosen
 
     def slow(source, *args, **kwargs):
         if str(source).endswith("slow.mp4"):
             time.sleep(30)
         return real(source, *args, **kwargs)
 
-    monkeypatch.setattr(vdp.stage1, "decode_chosen", slow)
+    monkeypatch.setattr(vdp.pack.stage, "decode_chosen", slow)
     m = _three_records(tmp_path, "slow.mp4")
     out = str(tmp_path / "o")
     assert pack.main(["--manifest", m, "--type", "un", "--num_frames", "2", "--save_path", out, "--workers", "1",

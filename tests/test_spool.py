@@ -8,9 +8,10 @@ import io
 import os
 import tarfile
 
-from vdp import stage2, storage
-from vdp.spool import FrameSpool
-from vdp.tarslices import write_tar_slices_atomically
+from vdp.io import storage
+from vdp.io.tarslices import write_tar_slices_atomically
+from vdp.tokenize import stage as stage2
+from vdp.tokenize.spool import FrameSpool
 
 
 def test_frames_come_back_as_put_and_leave_no_file(tmp_path):

@@ -1,11 +1,11 @@
-"""vdp.storage against a real S3 server (moto, its own process) on loopback."""
+"""vdp.io.storage against a real S3 server (moto, its own process) on loopback."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.s3_fixtures import faulty_proxy, make_bucket
-from vdp import storage
+from vdp.io import storage
 
 
 @pytest.fixture()

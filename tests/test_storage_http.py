@@ -1,4 +1,4 @@
-"""vdp.storage on http(s) URLs, against a loopback HTTP server that misbehaves on demand."""
+"""vdp.io.storage on http(s) URLs, against a loopback HTTP server that misbehaves on demand."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 import pytest
 
 from tests.http_fixtures import closed_port, serve_folder
-from vdp import storage
 from vdp.errors import UsageError
+from vdp.io import storage
 
 DATA = bytes(range(256)) * 400  # 100 KB, every offset distinguishable
 

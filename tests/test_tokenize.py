@@ -36,9 +36,9 @@ from tests.stage1_fixtures import (
     write_stage1_corpus,
     write_stage1_tar,
 )
-from vdp.packing import PACKERS, fill, lower_bound, sequence_length
-from vdp.tario import iter_tar_members, split_member_name
-from vdp.tokens import ConversationTokenizer, load_tokenizer
+from vdp.io.tario import iter_tar_members, split_member_name
+from vdp.text.tokens import ConversationTokenizer, load_tokenizer
+from vdp.tokenize.packing import PACKERS, fill, lower_bound, sequence_length
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -513,7 +513,7 @@ def test_problem_samples_go_to_the_errors_file(sp_model, tmp_path, capsys):
     src = tmp_path / "src"
     write_stage1_tar(str(src / "shard-0-0-6-0.tar"), specs)
     # a video-only sample and a sample whose json is not JSON, in a second tar
-    from vdp.tario import write_tar_atomically
+    from vdp.io.tario import write_tar_atomically
 
     write_tar_atomically(
         str(src / "shard-0-6-8-1.tar"),
@@ -640,9 +640,9 @@ def test_runs_as_a_script_without_shadowing_stdlib_tokenize(corpus, sp_model, tm
 
 
 def test_slice_writer_gives_tarios_bytes(tmp_path, monkeypatch):
-    """Frames copied by the kernel land as if written from memory: same bytes as vdp.tario."""
-    from vdp.tario import tar_bytes
-    from vdp.tarslices import FileSlice, _SliceWriter, write_tar_slices_atomically
+    """Frames copied by the kernel land as if written from memory: same bytes as vdp.io.tario."""
+    from vdp.io.tario import tar_bytes
+    from vdp.io.tarslices import FileSlice, _SliceWriter, write_tar_slices_atomically
 
     source = tmp_path / "source.bin"
     payload = bytes(range(256)) * 40
@@ -660,7 +660,7 @@ def test_slice_writer_gives_tarios_bytes(tmp_path, monkeypatch):
     assert (tmp_path / "out.tar").read_bytes() == want and size == len(want)
     if os.path.isdir("/dev/shm") and os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev:
         # another filesystem: copy_file_range refuses, sendfile copies, the bytes are the same
-        import vdp.tarslices as tarslices
+        import vdp.io.tarslices as tarslices
 
         used = []
         spied = [lambda *a, c=c: used.append(c.__name__) or c(*a) for c in tarslices.KERNEL_COPIES]
@@ -682,8 +682,8 @@ def test_slice_writer_gives_tarios_bytes(tmp_path, monkeypatch):
 
 
 def test_fast_tar_index_agrees_with_tarfile_on_damaged_tars():
-    from vdp.tario import TarReadError, tar_bytes
-    from vdp.tarslices import _tarfile_index, iter_tar_index
+    from vdp.io.tario import TarReadError, tar_bytes
+    from vdp.io.tarslices import _tarfile_index, iter_tar_index
 
     def outcome(index, data: bytes):
         got = []
@@ -726,7 +726,7 @@ def test_fast_tar_index_agrees_with_tarfile_on_damaged_tars():
 
 
 def test_fast_json_of_ids_is_json_dumps():
-    from vdp.stage2 import _sequence_json, json_int_list
+    from vdp.tokenize.stage import _sequence_json, json_int_list
 
     rng = random.Random(13)
     for _ in range(200):

@@ -14,8 +14,9 @@ from tests.s3_fixtures import make_bucket, moto_server
 from tests.stage1_fixtures import train_llama_like_tokenizer, write_stage1_corpus
 from tests.test_index_s3 import download_tree, upload_tree
 from tests.test_tokenize import tokenize_main, tree_bytes
-from vdp import stage2, storage
-from vdp.pool import WorkFailure
+from vdp.io import storage
+from vdp.run.pool import WorkFailure
+from vdp.tokenize import stage as stage2
 
 ray = pytest.importorskip("ray")
 

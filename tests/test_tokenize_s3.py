@@ -16,7 +16,7 @@ from tests.s3_fixtures import faulty_proxy, make_bucket
 from tests.stage1_fixtures import write_stage1_corpus
 from tests.test_index_s3 import download_tree, upload_tree
 from tests.test_tokenize import base_args, corrupt_copies, run, tree_bytes
-from vdp import storage
+from vdp.io import storage
 
 FLAGS = ["--sample_type", "un", "--patches", "8", "--shard_size", "3", "--workers", "2"]
 

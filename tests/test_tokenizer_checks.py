@@ -18,7 +18,7 @@ import pytest
 
 from tests.stage1_fixtures import write_stage1_corpus
 from tests.test_tokenize import base_args, tokenize_main
-from vdp.tokens import PROBE, load_tokenizer, tokenizer_problem
+from vdp.text.tokens import PROBE, load_tokenizer, tokenizer_problem
 
 SPECIALS = ["<unk>", "<s>", "</s>"]
 

@@ -23,8 +23,7 @@ elif ROOT not in sys.path:
 import argparse  # noqa: E402
 import json  # noqa: E402
 
-from vdp import storage  # noqa: E402
-from vdp.cli import add_run_flags  # noqa: E402
+from vdp.cli.common import add_run_flags  # noqa: E402
 from vdp.errors import (  # noqa: E402
     EXIT_OK,
     EXIT_SOME_ERRORS,
@@ -32,12 +31,14 @@ from vdp.errors import (  # noqa: E402
     UsageError,
     error_entry,
     reason_counts,
-    write_errors_file,
 )
-from vdp.packing import PACKERS  # noqa: E402
-from vdp.pool import WorkFailure  # noqa: E402
-from vdp.progress import Stopwatch, print_summary, progress_bar  # noqa: E402
-from vdp.stage2 import (  # noqa: E402
+from vdp.io import storage  # noqa: E402
+from vdp.io.tario import write_bytes_atomically, write_errors_file  # noqa: E402
+from vdp.run.pool import WorkFailure  # noqa: E402
+from vdp.run.progress import Stopwatch, print_summary, progress_bar  # noqa: E402
+from vdp.text.tokens import PLACEHOLDERS, TokenizerLoadError, load_tokenizer, tokenizer_problem  # noqa: E402
+from vdp.tokenize.packing import PACKERS  # noqa: E402
+from vdp.tokenize.stage import (  # noqa: E402
     STATE_DIR,
     Executor,
     GroupJob,
@@ -52,8 +53,6 @@ from vdp.stage2 import (  # noqa: E402
     state_path,
     tar_range,
 )
-from vdp.tario import write_bytes_atomically  # noqa: E402
-from vdp.tokens import PLACEHOLDERS, TokenizerLoadError, load_tokenizer, tokenizer_problem  # noqa: E402
 
 EXAMPLES = """
 examples:

@@ -11,8 +11,6 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 
-from vdp.tario import write_bytes_atomically
-
 EXIT_OK = 0
 EXIT_SOME_ERRORS = 1
 EXIT_USAGE = 2
@@ -33,9 +31,6 @@ def error_entry(key: str, source: str, reason: str) -> dict:
 def jsonl_bytes(rows: Iterable[dict]) -> bytes:
     return b"".join(json.dumps(r, ensure_ascii=False, sort_keys=True).encode() + b"\n" for r in rows)
 
-
-def write_errors_file(path: str, rows: list[dict]) -> None:
-    write_bytes_atomically(path, jsonl_bytes(rows))
 
 
 def read_jsonl(path: str) -> list[dict]:

@@ -1,0 +1,57 @@
+"""Read webdataset shards back as samples: consecutive members sharing a key form one sample."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from vdp.io.tario import TarReadError, iter_tar_members, split_member_name
+
+
+@dataclass
+class Sample:
+    key: str
+    members: dict[str, bytes] = field(default_factory=dict)  # extension -> bytes ("json", "0.jpg")
+
+
+@dataclass
+class ShardProblem:
+    """Where a shard stopped being readable; the samples before it were yielded."""
+
+    tar: str
+    reason: str
+    member: int  # members read before the problem
+
+
+def iter_samples(path: str, problems: list[ShardProblem] | None = None) -> Iterator[Sample]:
+    """Yield the samples of one tar in order.
+
+    A truncated or corrupt tar yields what it could read (a sample cut by the damage is not
+    yielded) and appends a ShardProblem to `problems`; without a list it raises TarReadError.
+    """
+    current: Sample | None = None
+    with open(path, "rb") as f:
+        try:
+            for name, data in iter_tar_members(f):
+                key, ext = split_member_name(name)
+                if current is not None and key != current.key:
+                    yield current
+                    current = None
+                if current is None:
+                    current = Sample(key)
+                current.members[ext] = data
+        except TarReadError as e:
+            if problems is None:
+                raise
+            problems.append(ShardProblem(path, e.reason, e.members_read))
+            return  # the sample being read when the tar broke may be incomplete: drop it
+    if current is not None:
+        yield current
+
+
+def list_tars(folder: str) -> list[str]:
+    """Every *.tar below `folder`, sorted by path (hidden temp files excluded)."""
+    paths = glob.glob(os.path.join(folder, "**", "*.tar"), recursive=True)
+    return sorted(p for p in paths if not os.path.basename(p).startswith("."))

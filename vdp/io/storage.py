@@ -1,0 +1,352 @@
+"""Paths that may be local files, s3:// or oss:// objects or http(s):// URLs: read, list, test,
+write atomically.
+
+Every stage reads and writes through these few functions, so object storage is one module,
+not a branch in each stage.
+
+- s3:// goes through fsspec/s3fs. Endpoint, credentials, region and addressing style come from
+  the usual AWS environment and config files (AWS_PROFILE, AWS_ENDPOINT_URL,
+  AWS_S3_ADDRESSING_STYLE, ...) or `configure(s3_endpoint=...)` (the `--s3_endpoint` flag), so
+  S3-compatible stores (Volcengine TOS, MinIO, Ceph) work as well.
+- oss:// goes through oss2 (see vdp/oss.py): OSS_ENDPOINT, OSS_ACCESS_KEY_ID,
+  OSS_ACCESS_KEY_SECRET.
+- http:// and https:// are read-only inputs (videos by URL) through fsspec's HTTP filesystem
+  (see vdp/httpfs.py); writing to one is a usage error.
+
+Transient faults (timeouts, 5xx, throttling, dropped connections, bodies cut short; judged by
+type, status and errno in vdp/faults.py) are retried by botocore's "standard" retry mode
+(exponential backoff with full jitter) with a larger attempt budget, and by `with_retries`
+around whole operations (HTTP has only these, so more of them). A write appears under its
+final name only when complete: a local temp file plus rename, or an S3 multipart upload that
+is aborted on failure.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vdp.io.faults import is_transient  # noqa: F401 - callers ask storage.is_transient
+from vdp.io.httpfs import HTTPStatusError, URLReadError  # noqa: F401 - what callers catch for http(s) inputs
+
+HTTP_SCHEMES = ("http://", "https://")
+REMOTE_SCHEMES = ("s3://", "oss://", *HTTP_SCHEMES)
+
+
+@dataclass
+class StorageConfig:
+    s3_endpoint: str | None = None
+    max_attempts: int = 10  # per request, botocore standard mode
+    operation_attempts: int = 5  # per whole operation (open + read, upload), ours
+    http_attempts: int = 8  # per operation on an http(s) URL: no request-level retries below
+    backoff: float = 0.2  # longest wait before the first retry (seconds); doubles per retry
+    backoff_cap: float = 8.0
+    http_connect_timeout: float = 10.0  # seconds; a URL's total time is bounded by these
+    http_read_timeout: float = 30.0  # seconds without a byte, not for the whole body
+
+
+_config = StorageConfig()
+_filesystems: dict = {}  # (pid, scheme) -> filesystem; never shared across fork
+
+
+def configure(s3_endpoint: str | None = None) -> None:
+    """Set the S3 endpoint (else AWS_ENDPOINT_URL / the AWS config decides)."""
+    _config.s3_endpoint = s3_endpoint or None
+    _filesystems.clear()
+
+
+def is_remote(path: str) -> bool:
+    """Object storage or a URL: not a local path (never joined onto a local folder)."""
+    return str(path).startswith(REMOTE_SCHEMES)
+
+
+def is_url(path: str) -> bool:
+    """An http(s) URL: a read-only input."""
+    return str(path).startswith(HTTP_SCHEMES)
+
+
+def status_note(exc: BaseException) -> str:
+    """" (HTTP 404)" when `exc` is a URL's error answer, else "": for one-line reasons."""
+    return f" (HTTP {exc.status})" if isinstance(exc, HTTPStatusError) else ""
+
+
+def join(base: str, *parts: str) -> str:
+    if is_remote(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return os.path.join(base, *parts)
+
+
+def dirname(path: str) -> str:
+    if is_remote(path):
+        return path.rstrip("/").rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(path))
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute; a URL as it is (what is written into flags files and indexes)."""
+    return path if is_remote(path) else os.path.abspath(path)
+
+
+def basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+# --- backends --------------------------------------------------------------------------------
+
+
+def _s3():
+    key = (os.getpid(), "s3")
+    if key not in _filesystems:
+        import s3fs
+
+        client_kwargs = {}
+        endpoint = _config.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            client_kwargs["endpoint_url"] = endpoint
+        config_kwargs = {"retries": {"max_attempts": _config.max_attempts, "mode": "standard"}}
+        style = os.environ.get("AWS_S3_ADDRESSING_STYLE")
+        if style:
+            config_kwargs["s3"] = {"addressing_style": style}
+        _filesystems[key] = s3fs.S3FileSystem(
+            client_kwargs=client_kwargs, config_kwargs=config_kwargs, skip_instance_cache=True, use_listings_cache=False
+        )
+    return _filesystems[key]
+
+
+def _oss():
+    key = (os.getpid(), "oss")
+    if key not in _filesystems:
+        from vdp.io.oss import OSSFileSystem
+
+        _filesystems[key] = OSSFileSystem.from_env()
+    return _filesystems[key]
+
+
+def _http():
+    key = (os.getpid(), "http")
+    if key not in _filesystems:
+        from vdp.io.httpfs import HTTPFileSystem
+
+        retry = lambda fn: with_retries(fn, attempts=_config.http_attempts)  # noqa: E731
+        _filesystems[key] = HTTPFileSystem(_config.http_connect_timeout, _config.http_read_timeout, retry)
+    return _filesystems[key]
+
+
+def _fs(path: str):
+    if path.startswith("s3://"):
+        return _s3()
+    return _http() if is_url(path) else _oss()
+
+
+def _retrying(path: str, fn: Callable):
+    """with_retries with the attempt budget of `path`'s kind of storage."""
+    return with_retries(fn, attempts=_config.http_attempts if is_url(path) else None)
+
+
+def _usage_error(message: str) -> Exception:
+    from vdp.errors import UsageError  # vdp.errors writes through this module
+
+    return UsageError(message)
+
+
+# --- retries ---------------------------------------------------------------------------------
+
+
+def with_retries(fn: Callable, what: str = "", attempts: int | None = None):
+    """Call fn(); on a transient fault wait (exponential backoff, full jitter) and call again."""
+    attempts = attempts or _config.operation_attempts
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as e:
+            if attempt == attempts - 1 or not is_transient(e):
+                raise
+            time.sleep(random.uniform(0, min(_config.backoff_cap, _config.backoff * 2**attempt)))
+    raise AssertionError("unreachable")
+
+
+# --- the operations --------------------------------------------------------------------------
+
+
+def exists(path: str) -> bool:
+    if not is_remote(path):
+        return os.path.exists(path)
+    return _retrying(path, lambda: _fs(path).exists(path))
+
+
+def isdir(path: str) -> bool:
+    if not is_remote(path):
+        return os.path.isdir(path)
+    return _retrying(path, lambda: _fs(path).isdir(path))
+
+
+def size(path: str) -> int:
+    if not is_remote(path):
+        return os.path.getsize(path)
+    return _retrying(path, lambda: int(_fs(path).size(path)))
+
+
+def stat(path: str, missing_ok: bool = True) -> tuple[str, int] | None:
+    """("file", size) or ("directory", 0), or None when nothing is there: one request remotely.
+
+    With `missing_ok=False` nothing there raises FileNotFoundError instead, which for a URL
+    tells the HTTP status (404 or 410). A URL whose server tells no length is read to count it.
+    """
+    if not is_remote(path):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if missing_ok:
+                return None
+            raise
+        return ("directory", 0) if os.path.isdir(path) else ("file", st.st_size)
+
+    def ask():
+        try:
+            info = _fs(path).info(path)
+        except FileNotFoundError:
+            if missing_ok:
+                return None
+            raise
+        return ("directory", 0) if info.get("type") == "directory" else ("file", int(info.get("size") or 0))
+
+    return _retrying(path, ask)
+
+
+def read_bytes(path: str) -> bytes:
+    if not is_remote(path):
+        with open(path, "rb") as f:
+            return f.read()
+    return _retrying(path, lambda: _fs(path).cat_file(path))
+
+
+def open_read(path: str, whole_below: int = 64 * 1024 * 1024, known_size: int | None = None):
+    """A seekable binary file object for PyAV, tarfile or json.
+
+    A remote object smaller than `whole_below` is read in one request into memory (one round
+    trip beats the many small ranged reads a demuxer makes); a larger one is streamed with
+    large read-ahead blocks (for a URL: ranged GETs, each retried). Nothing is staged on disk.
+    """
+    if not is_remote(path):
+        return open(path, "rb")
+    fs = _fs(path)
+    n = size(path) if known_size is None else known_size
+    if n < whole_below:
+        return io.BytesIO(read_bytes(path))
+    if is_url(path):
+        return fs.open(path, n, block_size=16 * 1024 * 1024)
+    return with_retries(lambda: fs.open(path, "rb", block_size=16 * 1024 * 1024, cache_type="readahead"))
+
+
+def open_text(path: str, encoding: str = "utf-8", newline: str | None = None):
+    if not is_remote(path):
+        return open(path, encoding=encoding, errors="replace", newline=newline)
+    return io.TextIOWrapper(io.BytesIO(read_bytes(path)), encoding=encoding, errors="replace", newline=newline)
+
+
+def list_files(prefix: str, suffix: str = "") -> list[str]:
+    """Every file below `prefix` ending in `suffix`, sorted; hidden names are left out."""
+    if not is_remote(prefix):
+        out = []
+        for root, dirs, files in os.walk(prefix):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            out += [os.path.join(root, f) for f in files if f.endswith(suffix) and not f.startswith(".")]
+        return sorted(out)
+    if is_url(prefix):
+        raise _usage_error(f"cannot list {prefix}: an http(s) URL names one file, not a folder")
+    fs = _fs(prefix)
+    scheme = prefix.split("://", 1)[0] + "://"
+    found = with_retries(lambda: fs.find(prefix.rstrip("/")))
+    paths = [p if p.startswith(scheme) else scheme + p for p in found]
+    return sorted(p for p in paths if p.endswith(suffix) and not any(part.startswith(".") for part in p[len(prefix):].split("/")))
+
+
+def write_stream_atomically(path: str, fill: Callable) -> None:
+    """Call `fill(file)`; `path` appears only if it returns, complete, never half-written.
+
+    Local: a hidden temp file beside `path`, fsync, rename. Remote: a multipart upload that is
+    completed only after `fill` returns and aborted if it raises.
+    """
+    if not is_remote(path):
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                fill(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    if is_url(path):
+        raise _usage_error(f"cannot write to {path}: http(s) URLs are read-only inputs")
+    _fs(path).write_atomically(path, fill) if path.startswith("oss://") else _s3_write(path, fill)
+
+
+def _s3_write(path: str, fill: Callable) -> None:
+    def attempt() -> None:
+        f = _s3().open(path, "wb", block_size=16 * 1024 * 1024)
+        try:
+            fill(f)
+        except BaseException:
+            f.discard()  # aborts the multipart upload: nothing appears under `path`
+            f.closed = True
+            raise
+        f.close()
+
+    # `fill` may be a one-shot generator consumer: only retry when it can be replayed.
+    attempt() if not getattr(fill, "replayable", False) else with_retries(attempt)
+
+
+def write_bytes_atomically(path: str, data: bytes) -> None:
+    def fill(f) -> None:
+        f.write(data)
+
+    fill.replayable = True  # type: ignore[attr-defined]
+    if is_remote(path):
+        with_retries(lambda: write_stream_atomically(path, fill))
+    else:
+        write_stream_atomically(path, fill)
+
+
+def check_output_folder(path: str) -> None:
+    """Raise UsageError, one line, when outputs cannot go to `path`; called before any work.
+
+    Local: the folder is created and must be writable. Remote: its bucket must exist and answer
+    with the configured endpoint and credentials (a typo in the bucket, a wrong endpoint or key
+    would otherwise surface only at the first shard's upload, or after a whole index scan).
+    """
+    from vdp.errors import UsageError  # vdp.errors writes through this module
+
+    try:
+        if not is_remote(path):
+            os.makedirs(path, exist_ok=True)
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise PermissionError(f"no write permission on {path}")
+            return
+        if is_url(path):
+            raise UsageError(f"cannot write to {path}: http(s) URLs are read-only inputs")
+        scheme, rest = path.split("://", 1)
+        bucket = rest.split("/", 1)[0]
+        if scheme == "s3":
+            found = with_retries(lambda: _s3().exists(f"s3://{bucket}"))
+        else:
+            found = with_retries(lambda: _oss().bucket_exists(bucket))
+        if not found:
+            raise UsageError(f"bucket not found: {scheme}://{bucket} (for {path})")
+    except UsageError:
+        raise
+    except Exception as e:  # the user's to fix: a path, a permission, an endpoint or credentials
+        raise UsageError(f"cannot write to {path}: {type(e).__name__}: {e}") from None
+
+
+def makedirs(path: str) -> None:
+    if not is_remote(path):
+        os.makedirs(path, exist_ok=True)

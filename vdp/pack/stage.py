@@ -1,0 +1,317 @@
+"""Stage 1 core: one record -> one webdataset sample, and planned tars written from the results.
+
+`pack_record` runs in the worker processes and returns either the sample's tar members or a
+reason; `write_planned_tars` runs in the parent, pulls results in record order and writes each
+tar (plus its errors sidecar) atomically, skipping tars a previous run finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import av
+import cv2
+
+from loaders import BadRow, Record
+from samplers import SAMPLERS, SamplerOptions
+from vdp.errors import RecordError, error_entry, jsonl_bytes
+from vdp.io import storage
+from vdp.io.tario import write_bytes_atomically, write_tar_atomically
+from vdp.media.clip import cut_clip
+from vdp.media.decord_backend import decode_chosen_decord
+from vdp.media.spans import requested_span
+from vdp.media.video import decode_chosen, scan_video
+from vdp.pack.locate import locate, needs_locating, resolve
+from vdp.pack.plan import TarPlan, sample_key
+from vdp.run.pool import TimeoutAlarm, WorkFailure, call_with_alarm
+
+STATE_DIR = ".pack"  # per-tar errors sidecars and the flags of the run, inside --save_path
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    type: str  # "video-only" or a sampler name
+    sampler: SamplerOptions
+    max_side: int = 1280
+    jpeg_quality: int = 95
+    decode_threads: int = 1
+    backend: str = "av"  # "decord" only for un
+    clip_mode: str = "copy"  # video-only records with a span: "copy" (remux from a key frame) or "exact"
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    index: int
+    entry: Record | BadRow
+    path: str  # the video path resolved for opening ("" for a bad row)
+    root: str = ""  # the folder relative paths resolve against (--video_root, else the manifest's)
+    data: bytes | None = None  # the file's bytes when fetched ahead (object storage)
+
+
+PREFETCH_LIMIT = 64 * 1024 * 1024  # larger objects are streamed by the worker instead
+
+
+def fetch_ahead(item: WorkItem) -> WorkItem:
+    """The item with its video's bytes, for a remote video under PREFETCH_LIMIT.
+
+    Any failure leaves the item as it was: the worker meets it again and reports it.
+    """
+    if isinstance(item.entry, BadRow) or not (storage.is_remote(item.path) or storage.is_remote(item.root)):
+        return item
+    try:
+        item = located(item)
+        found = storage.stat(item.path)
+        if found is None or found[0] != "file" or not 0 < found[1] <= PREFETCH_LIMIT:
+            return item
+        return dataclasses.replace(item, data=storage.read_bytes(item.path))
+    except Exception:  # noqa: BLE001 - the worker's own attempt reports the reason
+        return item
+
+
+def located(item: WorkItem) -> WorkItem:
+    """The item with its video found: a pre-cut clip, or the extension a `.*` path has on disk."""
+    if not needs_locating(item.entry):
+        return item
+    found = locate(item.entry, item.root)
+    return dataclasses.replace(item, entry=found, path=resolve(found.video_path, item.root))
+
+
+@dataclass(frozen=True)
+class Packed:
+    members: list[tuple[str, bytes]] | None  # None when the record failed
+    reason: str = ""
+
+
+_OPTIONS: PackOptions | None = None
+
+
+def init_worker(options: PackOptions) -> None:
+    """Pool initializer (OpenCV's thread count is set by the pool, in the parent)."""
+    global _OPTIONS
+    _OPTIONS = options
+
+
+def pack_record(item: WorkItem) -> Packed:
+    """Build one sample; every failure comes back as a reason, never an exception.
+
+    An exception no rule expects (a bug) becomes an "unexpected error" naming its type and
+    place: one record must not take the rest of its tar, or the run, down with it.
+    """
+    if isinstance(item.entry, BadRow):
+        return Packed(None, f"bad row: {item.entry.reason}")
+    try:
+        return Packed(_build_sample(located(item), _OPTIONS))
+    except RecordError as e:
+        return Packed(None, str(e))
+    except FileNotFoundError as e:
+        return Packed(None, f"missing file: {item.path}{storage.status_note(e)}")
+    except IsADirectoryError:
+        return Packed(None, f"not a file: {item.path}")
+    except PermissionError as e:
+        return Packed(None, f"unreadable: permission denied: {item.path}{storage.status_note(e)}")
+    except storage.URLReadError as e:  # still failing after the retries: the message names URL and cause
+        return Packed(None, f"unreadable: {e}")
+    except av.error.FFmpegError as e:
+        return Packed(None, f"undecodable: {' '.join(str(e).split())[:200]}")
+    except MemoryError:
+        return Packed(None, "out of memory while decoding")
+    except TimeoutAlarm:
+        raise  # call_with_alarm's own: it turns it into the timeout reason
+    except Exception as e:  # noqa: BLE001 - a bug met by one record must not stop the run
+        return Packed(None, unexpected_reason(e))
+
+
+def unexpected_reason(e: Exception) -> str:
+    """One line naming the exception's type, message and where it was raised (a bug to report)."""
+    reason = f"unexpected error: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames:
+        return reason
+    path = frames[-1].filename
+    name = os.path.relpath(path, _REPO) if path.startswith(_REPO + os.sep) else os.path.basename(path)
+    return f"{reason} (at {name}:{frames[-1].lineno})"
+
+
+def _check_file(path: str) -> int:
+    """The file's size; a missing, folder or empty path raises (one request on object storage)."""
+    kind, size = storage.stat(path, missing_ok=False)  # missing: FileNotFoundError (with a URL's status)
+    if kind == "directory":
+        raise IsADirectoryError(path)
+    if size == 0:
+        raise RecordError(f"empty file: {path}")
+    return size
+
+
+def _base_json(record: Record, meta, span: tuple[float, float] | None = None) -> dict:
+    doc = {
+        "caption": record.caption,
+        "video_id": record.video_id or os.path.splitext(os.path.basename(record.video_path))[0],
+        "source": record.video_path,
+        "width": meta.width,
+        "height": meta.height,
+        "fps": meta.fps,
+        "duration": meta.duration,
+        "num_frames": meta.num_frames,
+    }
+    if span is not None:  # the span used: the record's, cut to the video's end
+        doc["span"] = [round(span[0], 6), round(span[1], 6)]
+    if record.meta:
+        doc["meta"] = record.meta
+    return doc
+
+
+def _encode_json(doc: dict) -> bytes:
+    return json.dumps(doc, ensure_ascii=False).encode("utf-8")
+
+
+def _video_source(item: WorkItem, size: int):
+    """What PyAV opens: a local path (it reads files itself, fastest), else the bytes fetched
+    ahead or a file object on the object (never staged on disk)."""
+    if item.data is not None:
+        return io.BytesIO(item.data)
+    if storage.is_remote(item.path):
+        return storage.open_read(item.path, known_size=size)
+    return item.path
+
+
+def _extension(path: str) -> str:
+    return os.path.splitext(path)[1].lstrip(".").lower() or "mp4"
+
+
+def _whole_video_sample(item: WorkItem, key: str) -> list[tuple[str, bytes]]:
+    """The source file's bytes unchanged, checked (opens, packets read to the end)."""
+    data = item.data if item.data is not None else storage.read_bytes(item.path)
+    meta = scan_video(data)
+    return [(f"{key}.json", _encode_json(_base_json(item.entry, meta))), (f"{key}.{_extension(item.path)}", data)]
+
+
+def _clip_sample(item: WorkItem, key: str, span, size: int, mode: str) -> list[tuple[str, bytes]]:
+    """The span cut out as a video file of its own; the json describes the clip written."""
+    clip = cut_clip(_video_source(item, size), span, _extension(item.path), mode)
+    doc = _base_json(item.entry, scan_video(clip.data), clip.span)
+    doc["span_written"] = list(clip.written)
+    return [(f"{key}.json", _encode_json(doc)), (f"{key}.{clip.ext}", clip.data)]
+
+
+def _build_sample(item: WorkItem, options: PackOptions) -> list[tuple[str, bytes]]:
+    record, key = item.entry, sample_key(item.index)
+    span = requested_span(record.start, record.end)  # a span bad on its own fails before any read
+    size = len(item.data) if item.data is not None else _check_file(item.path)
+    if options.type == "video-only":
+        if span is None:
+            return _whole_video_sample(item, key)
+        return _clip_sample(item, key, span, size, options.clip_mode)
+
+    sampler = SAMPLERS[options.type]
+    choose = lambda frames: sampler.choose(frames, options.sampler)  # noqa: E731
+    if options.backend == "decord":
+        decoded = decode_chosen_decord(item.path, choose, span=span, max_side=options.max_side)
+    else:
+        decoded = decode_chosen(
+            _video_source(item, size), choose, span, options.max_side, options.decode_threads,
+            needs_types=sampler.needs_types,
+        )
+    chosen = [decoded.frames[i] for i in decoded.chosen]
+    names = [str(n) for n in range(len(chosen))]
+    doc = _base_json(record, decoded.meta, decoded.span)
+    doc["frames"] = [
+        {"name": name, "index": f.index, "t": round(f.time, 3), "type": "I" if f.type == "I" else "P"}
+        for name, f in zip(names, chosen)
+    ]
+    doc["image"] = names
+    prompt = sampler.prompt(chosen, decoded.meta.num_frames, options.sampler)
+    doc["conversations"] = [{"from": "human", "value": prompt}, {"from": "gpt", "value": record.caption}]
+    members = [(f"{key}.json", _encode_json(doc))]
+    params = [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]
+    encoded: dict[int, bytes] = {}
+    for name, f in zip(names, chosen):
+        if f.index not in encoded:  # a short video may repeat a frame: encode it once
+            ok, buf = cv2.imencode(".jpg", decoded.images[f.index], params)
+            if not ok:
+                raise RecordError(f"jpeg encode failed for frame {f.index}")
+            encoded[f.index] = buf.tobytes()
+        members.append((f"{key}.{name}.jpg", encoded[f.index]))
+    return members
+
+
+# --- the parent side: tars from ordered results ------------------------------------------------
+
+
+def sidecar_path(save_path: str, plan: TarPlan) -> str:
+    return storage.join(save_path, STATE_DIR, plan.name + ".errors.jsonl")
+
+
+def is_done(save_path: str, plan: TarPlan) -> bool:
+    """A tar is finished when it and its errors sidecar both exist (sidecar is written first)."""
+    return storage.exists(storage.join(save_path, plan.name)) and storage.exists(sidecar_path(save_path, plan))
+
+
+@dataclass
+class TarResult:
+    plan: TarPlan
+    packed: int
+    errors: list[dict]
+
+
+def write_planned_tars(
+    save_path: str, plans: list[TarPlan], items: list[WorkItem], results: Iterator, on_record=None
+) -> Iterator[TarResult]:
+    """Consume `results` (one per item, in order) and write each planned tar when complete."""
+    by_index = {it.index: it for it in items}
+    for plan in plans:
+        errors: list[dict] = []
+        packed = 0
+
+        def members(plan=plan, errors=errors):
+            nonlocal packed
+            for index in range(plan.start, plan.end):
+                item, out = by_index[index], next(results)
+                if isinstance(out, WorkFailure):
+                    out = Packed(None, out.reason)
+                if out.members is None:
+                    source = item.entry.where if isinstance(item.entry, BadRow) else item.entry.video_path
+                    errors.append(error_entry(sample_key(index), source, out.reason))
+                else:
+                    packed += 1
+                    yield from out.members
+                if on_record:
+                    on_record(out.members is not None)
+            # Still inside the tar's temp file: the sidecar lands before the tar is renamed,
+            # so a tar under its final name always has its errors beside it.
+            write_bytes_atomically(sidecar_path(save_path, plan), jsonl_bytes(errors))
+
+        write_tar_atomically(storage.join(save_path, plan.name), members())
+        yield TarResult(plan, packed, errors)
+
+
+def finished_errors(save_path: str, plan: TarPlan) -> list[dict]:
+    data = storage.read_bytes(sidecar_path(save_path, plan)).decode("utf-8")
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class TarUnit:
+    """One planned tar with everything needed to write it anywhere (a Ray task)."""
+
+    plan: TarPlan
+    items: list[WorkItem]
+    options: PackOptions
+    save_path: str
+    timeout: float
+    s3_endpoint: str | None = None
+
+
+def pack_tar(unit: TarUnit) -> TarResult:
+    """Pack one tar start to end in this process: the same records, order and bytes as the pool."""
+    cv2.setNumThreads(1)  # a Ray worker is a fresh process, not a fork: this is safe here
+    init_worker(unit.options)
+    storage.configure(unit.s3_endpoint)
+    results = (call_with_alarm(pack_record, item, unit.timeout) for item in unit.items)
+    return next(write_planned_tars(unit.save_path, [unit.plan], unit.items, results))
