@@ -66,13 +66,13 @@ import av  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from loaders import Record  # noqa: E402
-from samplers import SamplerOptions, choose_keyframes, choose_uniform  # noqa: E402
 from tests.synth import VideoSpec, make_video, read_frame_number  # noqa: E402
 from vdp.io.shards import iter_samples, list_tars  # noqa: E402
 from vdp.io.tario import Member, write_tar_atomically  # noqa: E402
 from vdp.media.video import FrameInfo  # noqa: E402
+from vdp.pack.manifest import Record  # noqa: E402
 from vdp.pack.plan import sample_key  # noqa: E402
+from vdp.pack.samplers import SamplerOptions, choose_keyframes, choose_uniform  # noqa: E402
 from vdp.pack.stage import PackOptions, WorkItem, init_worker, pack_record  # noqa: E402
 
 PACK = os.path.join(REPO, "pack.py")

@@ -65,13 +65,13 @@ import numpy as np  # noqa: E402
 import sentencepiece as spm  # noqa: E402
 
 from bench.ceiling import cpu_ceiling, spin_seconds  # noqa: E402
-from tests.scripts import tokenize_cli  # noqa: E402
 from tests.stage1_fixtures import BENCH_SIZES, train_llama_like_tokenizer, write_stage1_corpus  # noqa: E402
+from vdp.cli import tokenize as tokenize_command  # noqa: E402
 from vdp.io.shards import iter_samples, list_tars  # noqa: E402
 from vdp.io.tario import iter_tar_members, split_member_name  # noqa: E402
 from vdp.tokenize.stage import read_state  # noqa: E402
 
-CLI = tokenize_cli()
+CLI = tokenize_command
 
 
 # --- the seed's method, as its tokenize/main.py and tokenizer.py did it ----------------------

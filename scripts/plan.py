@@ -17,14 +17,11 @@ import argparse
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import loaders  # noqa: E402,F401 (registers the datasets)
-from vdp.io import storage  # noqa: E402
-from vdp.pack.manifest import LOADERS, Manifest  # noqa: E402
-from vdp.pack.plan import machine_range, plan_tars  # noqa: E402
-from vdp.tokenize.stage import list_input_tars, plan_groups, tar_range  # noqa: E402
+import vdp.pack.datasets  # noqa: F401 (registers the datasets)
+from vdp.io import storage
+from vdp.pack.manifest import LOADERS, Manifest
+from vdp.pack.plan import machine_range, plan_tars
+from vdp.tokenize.stage import list_input_tars, plan_groups, tar_range
 
 
 def build_parser() -> argparse.ArgumentParser:

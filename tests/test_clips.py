@@ -16,8 +16,8 @@ import os
 import av
 import pytest
 
-import pack
 from tests.pack_helpers import VIDEO_SPECS, make_videos, read_samples, tree_bytes, video_frames, write_manifest
+from vdp.cli import pack
 from vdp.media.video import scan_video
 
 NAMES = ["h264_bframes.mp4", "hevc.mp4", "vp9.webm", "rot90.mp4", "rot270.mkv", "vfr_audio.mp4", "mpeg4.avi"]

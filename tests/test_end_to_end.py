@@ -11,10 +11,10 @@ import pytest
 import sentencepiece as spm
 import webdataset as wds
 
-import pack
 from tests.pack_helpers import make_videos, read_samples, write_manifest
-from tests.scripts import tokenize_cli
 from tests.stage1_fixtures import train_llama_like_tokenizer
+from vdp.cli import pack
+from vdp.cli import tokenize as tokenize_command
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_pack_then_tokenize(tmp_path, tokenizer_model, kind):
     stage1 = read_samples(shards)
     vocab = spm.SentencePieceProcessor(model_file=tokenizer_model).get_piece_size()
 
-    tokenize_main = tokenize_cli()
+    tokenize_main = tokenize_command
     tokens = str(tmp_path / "tokens")
     patches = 8
     rc = tokenize_main.main(["--dataset_path", shards, "--save_path", tokens, "--tokenizer", tokenizer_model,

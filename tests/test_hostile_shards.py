@@ -38,10 +38,10 @@ import json, resource, sys
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 sys.path.insert(0, sys.argv[2])
-from tests.scripts import tokenize_cli
-import index.main as index_main
+from vdp.cli import tokenize as tokenize_command
+from vdp.cli import index as index_main
 src, out, model = sys.argv[3:6]
-tokenize = tokenize_cli().main(["--dataset_path", src, "--save_path", out + "/tokens", "--tokenizer", model,
+tokenize = tokenize_command.main(["--dataset_path", src, "--save_path", out + "/tokens", "--tokenizer", model,
     "--sample_type", "un", "--patches", "4", "--workers", "2", "--no_progress", "--timeout", "60"])
 index = index_main.main(["--dataset_path", src, "--dataset_name", "ds", "--output", out + "/index",
     "--patches", "4", "--workers", "2", "--timeout", "60"])
@@ -134,10 +134,10 @@ def test_hostile_tar_is_one_error_row_in_both_stages(case: HostileCase, model, t
 def test_hostile_tars_in_a_bucket_give_the_same_rows(s3_env, model, tmp_path, capsys):
     """Every case (but the sparse one) as objects in a bucket: stage 2 streams them (vdp.io.tarslices'
     window) and stage 3 reads them ranged; the rows and the survivors are the local run's."""
-    import index.main as index_main
     from tests.s3_fixtures import make_bucket
     from tests.test_index_s3 import upload_tree
     from tests.test_tokenize import tokenize_main
+    from vdp.cli import index as index_main
 
     cases = [c for c in CASES if not c.sparse]
     src = tmp_path / "src"

@@ -7,13 +7,13 @@ import os
 
 import pytest
 
-import index.check_pair as check_pair
-import index.main as index_main
 from tests.index_fixtures import energon_meta, train_sentencepiece, tree_files, write_tokenized_dataset
 from tests.ray_helpers import on_ray_only
 from tests.s3_fixtures import make_bucket, moto_server
 from tests.test_index import PATCHES, write_defect_dataset
 from tests.test_index_s3 import comparable, download_tree, upload_tree
+from vdp.cli import check_pair
+from vdp.cli import index as index_main
 from vdp.index import stage as stage3
 from vdp.io import storage
 

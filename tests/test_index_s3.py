@@ -15,11 +15,11 @@ import boto3
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-import index.check_pair as check_pair
-import index.main as index_main
 from tests.index_fixtures import energon_meta, train_sentencepiece, tree_files, write_tokenized_dataset
 from tests.s3_fixtures import faulty_proxy, make_bucket
 from tests.test_index import PATCHES, write_defect_dataset
+from vdp.cli import check_pair
+from vdp.cli import index as index_main
 from vdp.index.scan import ScanOptions, scan_tar
 from vdp.index.validate import CheckOptions
 from vdp.io import storage

@@ -13,10 +13,10 @@ import shutil
 
 import pytest
 
-import loaders  # noqa: F401 (registers the datasets)
-import pack
+import vdp.pack.datasets  # noqa: F401 (registers the datasets)
 from tests.pack_helpers import frame_numbers, read_samples
 from tests.synth import VideoSpec, make_video
+from vdp.cli import pack
 from vdp.pack.manifest import LOADERS, BadRow, LoaderOptions, Manifest, Record, parse_time
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")

@@ -51,9 +51,9 @@ if child.is_alive():
 else:
     print(f"child: exit {child.exitcode}")
 
-from tests.scripts import tokenize_cli
+from vdp.cli import tokenize as tokenize_command
 
-rc = tokenize_cli().main(["--dataset_path", src, "--save_path", out + "/main", "--tokenizer", model,
+rc = tokenize_command.main(["--dataset_path", src, "--save_path", out + "/main", "--tokenizer", model,
     "--sample_type", "un", "--patches", "4", "--max_side", "64", "--workers", "2", "--no_progress", "--timeout", "60"])
 print(f"main: exit {rc}")
 """

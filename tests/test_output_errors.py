@@ -8,12 +8,11 @@ import json
 
 import pytest
 
-import index.check_pair as check_pair
-import index.main as index_main
-import pack
 from tests.s3_fixtures import make_bucket
 from tests.stage1_fixtures import train_llama_like_tokenizer, write_stage1_corpus
 from tests.test_tokenize import tokenize_main
+from vdp.cli import check_pair, pack
+from vdp.cli import index as index_main
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,6 @@ import time
 import av
 import pytest
 
-import pack
-from samplers import SamplerOptions, choose_keyframes, choose_uniform
 from tests.pack_helpers import (
     VIDEO_SPECS,
     decode_jpeg,
@@ -23,7 +21,9 @@ from tests.pack_helpers import (
     write_manifest,
 )
 from tests.synth import VideoSpec, make_video, read_frame_number
+from vdp.cli import pack
 from vdp.media.video import decode_chosen
+from vdp.pack.samplers import SamplerOptions, choose_keyframes, choose_uniform
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

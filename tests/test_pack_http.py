@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-import pack
 from tests.http_fixtures import closed_port, serve_folder
 from tests.pack_helpers import VIDEO_SPECS, make_videos, write_manifest
+from vdp.cli import pack
 from vdp.io import storage
 
 KINDS = ["video-only", "un", "kf"]

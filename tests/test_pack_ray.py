@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import pack
 from tests.pack_helpers import tree_bytes, write_manifest
 from tests.synth import VideoSpec, make_video
+from vdp.cli import pack
 
 ray = pytest.importorskip("ray")
 

@@ -9,9 +9,9 @@ import os
 import boto3
 import pytest
 
-import pack
 from tests.pack_helpers import make_videos, tree_bytes, write_manifest
 from tests.s3_fixtures import faulty_proxy, make_bucket
+from vdp.cli import pack
 
 
 def upload_tree(endpoint: str, bucket: str, folder: str, prefix: str) -> None:

@@ -17,14 +17,14 @@ import time
 import av
 import pytest
 
-import pack
 import vdp.pack.stage
-from samplers import SamplerOptions, choose_keyframes, choose_uniform
 from tests.pack_helpers import frame_numbers, read_samples, video_frames, write_manifest
 from tests.synth import VideoSpec, make_video
+from vdp.cli import pack
 from vdp.errors import RecordError
 from vdp.media.spans import clamp_span, requested_span
 from vdp.media.video import FrameInfo
+from vdp.pack.samplers import SamplerOptions, choose_keyframes, choose_uniform
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FPS, FRAMES = 25, 50  # a 2.00 s video

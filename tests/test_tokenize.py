@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from tests.scripts import tokenize_cli
 from tests.stage1_fixtures import (
     EXTRA,
     JpegPool,
@@ -36,6 +35,7 @@ from tests.stage1_fixtures import (
     write_stage1_corpus,
     write_stage1_tar,
 )
+from vdp.cli import tokenize as tokenize_command
 from vdp.io.tario import iter_tar_members, split_member_name
 from vdp.text.tokens import ConversationTokenizer, load_tokenizer
 from vdp.tokenize.packing import PACKERS, fill, lower_bound, sequence_length
@@ -43,7 +43,7 @@ from vdp.tokenize.packing import PACKERS, fill, lower_bound, sequence_length
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-tokenize_main = tokenize_cli()
+tokenize_main = tokenize_command
 
 # --- fixtures ------------------------------------------------------------------------------
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from collections.abc import Sequence
+
+from vdp.plugins import import_plugin
 
 
 def add_run_flags(p: argparse.ArgumentParser, unit: str) -> None:
@@ -13,3 +17,19 @@ def add_run_flags(p: argparse.ArgumentParser, unit: str) -> None:
     p.add_argument("--s3_endpoint", default=None,
                    help="S3-compatible endpoint URL (TOS, MinIO, Ceph); else the AWS config decides")
     p.add_argument("--no_progress", action="store_true", help="no progress bar (the summary is still printed)")
+
+
+def add_plugin_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help=f"a Python file registering your own {what} (repeatable); the repo's shims pass "
+                        "its loaders.py and samplers.py")
+
+
+def load_plugins(argv: Sequence[str] | None) -> list[str]:
+    """Import the files named by --plugin before the flags are built (their names become choices)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
+    for path in known.plugin:
+        import_plugin(path)
+    return [os.path.abspath(p) for p in known.plugin]

@@ -1,4 +1,4 @@
-"""Stage 3 run shared by index/main.py and index/check_pair.py: flags, the parallel scan, the summary.
+"""Stage 3 run shared by vdp-index and vdp-check-pair: the parallel scan and the summary.
 
 The scan is one `scan_tar` per tar, in the worker pool or as Ray tasks, results in sorted tar
 order, so the errors file, the indexes and the dump are the same for any number of workers and
@@ -7,19 +7,15 @@ either executor. Tars may be local or on s3:// / oss:// (vdp.io.storage).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from vdp.cli.common import add_run_flags
 from vdp.errors import UsageError, reason_counts
 from vdp.index.scan import ExtraCheck, ScanOptions, TarScan, error_row, scan_tar, shard_name
-from vdp.index.validate import CheckOptions, ImageTokenIds
 from vdp.io import storage
-from vdp.io.localcopy import local_copy
 from vdp.io.shards import list_tars
 from vdp.io.tario import write_errors_file
 from vdp.run.pool import WorkFailure, call_with_alarm, map_ordered
@@ -27,48 +23,6 @@ from vdp.run.progress import Stopwatch, print_summary, progress_bar
 from vdp.run.ray import ray_map_units
 
 MAX_NAMED = 50  # bad tars named on stderr; the errors file has them all
-
-
-def add_common_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--dataset_path",
-        required=True,
-        help="folder of tars (stage-2 sequences or stage-1 shards), searched recursively",
-    )
-    p.add_argument("--dataset_name", required=True, help="NAME: names the output files")
-    p.add_argument("--patches", type=int, default=256, help="<im_patch> tokens per image (default 256)")
-    p.add_argument("--max_len", type=int, default=8000, help="longest allowed sequence (default 8000)")
-    p.add_argument(
-        "--vocab_size", type=int, default=32000, help="image token ids are vocab_size, +1, +2 (default 32000: LLaMA-2)"
-    )
-    p.add_argument(
-        "--tokenizer",
-        help="SentencePiece .model or Hugging Face folder (local, s3:// or oss://): takes the image token ids from it",
-    )
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds one tar may take before it counts as failed")
-    p.add_argument(
-        "--executor",
-        default="pool",
-        choices=["pool", "ray"],
-        help="pool: worker processes on this machine; ray: one Ray task per tar (local or --ray_address)",
-    )
-    p.add_argument("--ray_address", help="Ray cluster to join, e.g. auto or HEAD:6379 (default: start a local Ray)")
-    add_run_flags(p, "tar")
-
-
-def image_ids(args: argparse.Namespace) -> ImageTokenIds:
-    """From --tokenizer when given (the ids stage 2 used), else vocab_size, +1, +2."""
-    if not args.tokenizer:
-        return ImageTokenIds.after_vocab(args.vocab_size)
-    from vdp.text.tokens import IMAGE_END, IMAGE_PATCH, IMAGE_START, TokenizerLoadError, load_tokenizer
-
-    try:
-        sp = load_tokenizer(local_copy(args.tokenizer)).specials
-    except TokenizerLoadError as e:
-        raise UsageError(str(e)) from None
-    except OSError as e:
-        raise UsageError(f"tokenizer not found: {args.tokenizer} ({e})") from None
-    return ImageTokenIds(sp[IMAGE_PATCH], sp[IMAGE_START], sp[IMAGE_END])
 
 
 def find_tars(dataset_path: str) -> list[str]:
@@ -91,12 +45,6 @@ def _list_remote_tars(prefix: str) -> list[str]:
         raise UsageError(f"cannot list {prefix}: {type(e).__name__}: {e}") from None
 
 
-def check_options(args: argparse.Namespace, deep: bool) -> CheckOptions:
-    if args.patches < 1 or args.max_len < 1 or args.workers < 1:
-        raise UsageError("--patches, --max_len and --workers must be positive")
-    return CheckOptions(patches=args.patches, max_len=args.max_len, image_ids=image_ids(args), deep=deep)
-
-
 # --- the parallel scan --------------------------------------------------------------------------
 
 
@@ -107,10 +55,6 @@ class Executor:
     kind: str = "pool"
     ray_address: str | None = None
     s3_endpoint: str | None = None  # Ray tasks configure their own storage; pool workers inherit the parent's
-
-
-def executor_of(args: argparse.Namespace) -> Executor:
-    return Executor(args.executor, args.ray_address, args.s3_endpoint)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 import av
 import cv2
 
-from loaders import BadRow, Record
-from samplers import SAMPLERS, SamplerOptions
 from vdp.errors import RecordError, error_entry, jsonl_bytes
 from vdp.io import storage
 from vdp.io.tario import write_bytes_atomically, write_tar_atomically
@@ -28,7 +26,10 @@ from vdp.media.decord_backend import decode_chosen_decord
 from vdp.media.spans import requested_span
 from vdp.media.video import decode_chosen, scan_video
 from vdp.pack.locate import locate, needs_locating, resolve
+from vdp.pack.manifest import BadRow, Record
 from vdp.pack.plan import TarPlan, sample_key
+from vdp.pack.samplers import SAMPLERS, SamplerOptions
+from vdp.plugins import import_plugin
 from vdp.run.pool import TimeoutAlarm, WorkFailure, call_with_alarm
 
 STATE_DIR = ".pack"  # per-tar errors sidecars and the flags of the run, inside --save_path
@@ -306,11 +307,14 @@ class TarUnit:
     save_path: str
     timeout: float
     s3_endpoint: str | None = None
+    plugins: tuple[str, ...] = ()  # files registering the run's own samplers, imported again in a Ray worker
 
 
 def pack_tar(unit: TarUnit) -> TarResult:
     """Pack one tar start to end in this process: the same records, order and bytes as the pool."""
     cv2.setNumThreads(1)  # a Ray worker is a fresh process, not a fork: this is safe here
+    for path in unit.plugins:
+        import_plugin(path)
     init_worker(unit.options)
     storage.configure(unit.s3_endpoint)
     results = (call_with_alarm(pack_record, item, unit.timeout) for item in unit.items)

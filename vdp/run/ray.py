@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterator
 
 from vdp.run.pool import WorkFailure
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def start_ray(address: str | None, workers: int):
     """Connect to a cluster (`address`) or start a local Ray with `workers` CPUs."""
@@ -28,9 +26,10 @@ def start_ray(address: str | None, workers: int):
 
     if ray.is_initialized():
         return ray
-    # The workers import the repo's modules and reach the same object stores as the driver.
+    # The workers run the installed package (the same Python environment on every node) and
+    # reach the same object stores as the driver.
     forwarded = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "OSS_"))}
-    env = {"env_vars": {**forwarded, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}}
+    env = {"env_vars": forwarded}
     kwargs = {"runtime_env": env, "log_to_driver": False, "include_dashboard": False}
     if address:
         ray.init(address=address, **kwargs)

@@ -1,0 +1,96 @@
+"""Stage 3: validate every sample of a folder of shards and index it for Megatron, wids and Megatron-Energon.
+
+Examples (from the repo root):
+  python index/main.py --dataset_path out/0-100 --dataset_name llava_kf --output index/ --workers 8
+  python index/main.py --dataset_path out/0-100 --dataset_name llava_kf --output index/ --workers 8 \\
+      --energon --url_prefix s3://bucket/llava_kf/0-100
+  # tars and indexes on object storage, every tar a Ray task on a running cluster
+  python index/main.py --dataset_path s3://bucket/llava_kf/0-100 --dataset_name llava_kf \\
+      --output s3://bucket/index --energon --executor ray --ray_address auto
+
+Writes OUT/NAME.pkl (the seed's Megatron index), OUT/NAME.wids.json, OUT/NAME.errors.jsonl and,
+with --energon, energon's metadata inside the dataset folder (next to the tars in the bucket
+for an s3:// or oss:// dataset, whose indexes then list the tars' URLs). Exit 0 when every tar
+and sample is sound, 1 when something was bad (the rest is still indexed), 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vdp.cli.index_flags import add_common_flags, check_options, executor_of
+from vdp.errors import EXIT_USAGE, UsageError
+from vdp.index.formats import (
+    default_url,
+    megatron_entries,
+    prefixed_url,
+    wids_index,
+    write_energon,
+    write_json,
+    write_megatron_pkl,
+)
+from vdp.index.scan import ScanOptions
+from vdp.index.stage import find_tars, finish, run_scan
+from vdp.io import storage
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common_flags(p)
+    p.add_argument(
+        "--output",
+        required=True,
+        help="folder (or s3:// / oss:// prefix) for NAME.pkl, NAME.wids.json, NAME.errors.jsonl",
+    )
+    p.add_argument(
+        "--energon",
+        action="store_true",
+        help="also write Megatron-Energon's metadata (.nv-meta/, *.tar.idx) into the dataset folder",
+    )
+    p.add_argument("--deep", action="store_true", help="decode every JPEG and open every video, not only their headers")
+    p.add_argument(
+        "--url_prefix",
+        help="write tar URLs as PREFIX/relative/path.tar (e.g. s3://bucket/set) instead of local absolute paths",
+    )
+    return p.parse_args(argv)
+
+
+def write_indexes(args: argparse.Namespace, scans) -> None:
+    url_of = prefixed_url(args.url_prefix) if args.url_prefix else default_url
+    base = storage.join(args.output, args.dataset_name)
+    write_megatron_pkl(base + ".pkl", megatron_entries(scans, url_of))
+    wids = wids_index(args.dataset_name, scans, url_of)
+    write_json(base + ".wids.json", wids)
+    left_out = sum(1 for s in scans if not s.broken and s.samples and s.valid < s.samples)
+    if left_out:
+        print(
+            f"note: {left_out} tars with bad samples are left out of {base}.wids.json (wids cannot skip a sample)",
+            file=sys.stderr,
+        )
+    if args.energon:
+        listed = write_energon(args.dataset_path, scans)
+        print(f"energon: {listed} shards indexed in {storage.join(args.dataset_path, '.nv-meta')}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    storage.configure(args.s3_endpoint)
+    try:
+        tars = find_tars(args.dataset_path)
+        options = ScanOptions(check_options(args, deep=args.deep), root=args.dataset_path)
+        storage.check_output_folder(args.output)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    run = run_scan(tars, options, args.workers, args.timeout, executor=executor_of(args), progress=not args.no_progress)
+    write_indexes(args, run.scans)
+    return finish(run, "index", storage.join(args.output, f"{args.dataset_name}.errors.jsonl"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

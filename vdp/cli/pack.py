@@ -1,0 +1,277 @@
+"""Stage 1: pack dataset annotations + videos into webdataset tar shards.
+
+Each record (one annotation row / clip) becomes one sample keyed by its global index, or one
+line of OUT/errors-{machine_id}.jsonl saying why not. Tars are named
+shard-{machine_id}-{start}-{end}-{tar_id}.tar and appear only when complete; rerunning the
+same command skips finished tars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import vdp.pack.datasets  # noqa: F401 (registers the built-in datasets)
+from vdp.cli.common import add_plugin_flag, add_run_flags, load_plugins
+from vdp.errors import EXIT_OK, EXIT_SOME_ERRORS, EXIT_USAGE, UsageError, jsonl_bytes, reason_counts
+from vdp.io import storage
+from vdp.io.tario import write_bytes_atomically
+from vdp.pack.locate import resolve
+from vdp.pack.manifest import LOADERS, LoaderOptions, Manifest, Record, fill_captions
+from vdp.pack.plan import machine_range, plan_tars
+from vdp.pack.samplers import SAMPLERS, SamplerOptions
+from vdp.pack.stage import (
+    STATE_DIR,
+    PackOptions,
+    TarResult,
+    TarUnit,
+    WorkItem,
+    fetch_ahead,
+    finished_errors,
+    init_worker,
+    is_done,
+    pack_record,
+    pack_tar,
+    write_planned_tars,
+)
+from vdp.run.pool import WorkFailure, map_ordered
+from vdp.run.prefetch import prefetched
+from vdp.run.progress import Stopwatch, print_summary, progress_bar
+from vdp.run.ray import ray_map_units
+
+EXAMPLES = """
+examples:
+  # 16 uniform frames per video, all records, 2 processes
+  python pack.py --dataset jsonl --manifest clips.jsonl --type un --save_path out/ --workers 2
+
+  # keyframes with timestamps, machine 3 of 8 (run the same command with 0..7 on 8 hosts)
+  python pack.py --dataset webvid --manifest results_2M_train.csv --video_root /data/webvid \\
+      --type kf --save_path out/ --machine_id 3 --total_machine 8
+
+  # every tar a Ray task on a running cluster (ray start on each node first)
+  python pack.py --dataset jsonl --manifest s3://bucket/clips.jsonl --type kf --save_path s3://bucket/shards \\
+      --executor ray --ray_address auto
+
+  # whole videos, records 1000..1999 only
+  python pack.py --dataset jsonl --manifest clips.jsonl --type video-only --save_path out/ --start 1000 --end 2000
+
+exit status: 0 all records packed, 1 some records went to errors-{machine_id}.jsonl, 2 bad usage.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Pack videos and captions into webdataset tar shards (whole video, uniform frames or keyframes).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", default="jsonl", choices=sorted(LOADERS), help="annotation format (default: jsonl)")
+    p.add_argument("--manifest", required=True, help="annotation file (jsonl, csv or json, per --dataset)")
+    p.add_argument("--type", required=True, choices=["video-only", *sorted(SAMPLERS)], help="what a sample holds")
+    p.add_argument("--save_path", required=True, help="output folder for the tars")
+    p.add_argument("--video_root", default=None, help="folder relative video paths are under (default: the manifest's folder)")
+    p.add_argument("--source", default="path", choices=["path", "url"],
+                   help="url: take the dataset's video URL column (webvid's contentUrl) instead of the local layout")
+    p.add_argument("--captions", default=None,
+                   help="jsonl/csv/tsv of clip_id (or video_id, id) -> caption (or text), for records without one (hd-vila)")
+    p.add_argument("--ego4d_pass", default="1", choices=["1", "2", "both"], help="ego4d: narration pass(es) to read")
+    p.add_argument("--ego4d_window", type=float, default=4.0, help="ego4d: seconds of video around each narration")
+    for col, what in (("video_col", "video path or URL"), ("caption_col", "caption"), ("id_col", "video id"),
+                      ("start_col", "clip start (seconds or HH:MM:SS.mmm)"), ("end_col", "clip end")):
+        p.add_argument(f"--{col}", default="", help=f"table: the column holding the {what}")
+    p.add_argument("--machine_id", type=int, default=0)
+    p.add_argument("--total_machine", type=int, default=1)
+    p.add_argument("--start", type=int, default=None, help="first record index (overrides the machine split)")
+    p.add_argument("--end", type=int, default=None, help="record index to stop before")
+    p.add_argument("--samples_per_tar", type=int, default=500)
+    p.add_argument("--num_frames", type=int, default=16, help="un: frames per video")
+    p.add_argument("--kf_iframes", type=int, default=8, help="kf: I frames at most (the last frame counts)")
+    p.add_argument("--kf_total", type=int, default=24, help="kf: frames in all")
+    p.add_argument("--time_scale", type=int, default=100, help="kf: timestamps in the prompt run 0..time_scale")
+    p.add_argument("--max_side", type=int, default=1280, help="longest side of a frame JPEG, aspect kept")
+    p.add_argument("--jpeg_quality", type=int, default=95)
+    p.add_argument("--backend", default="av", choices=["av", "decord"], help="decoder: PyAV (default) or decord (un only)")
+    p.add_argument("--clip_mode", default="copy", choices=["copy", "exact"],
+                   help="video-only records with a span: copy (remux from the key frame at or before the start, "
+                        "no re-encode) or exact (re-encode exactly the span's frames with libx264)")
+    p.add_argument("--decode_threads", type=int, default=1, help="decoder threads per worker (0: FFmpeg's choice)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds one video may take before it goes to errors")
+    p.add_argument("--executor", default="pool", choices=["pool", "ray"],
+                   help="pool: worker processes on this machine; ray: one Ray task per tar (local or --ray_address)")
+    p.add_argument("--ray_address", default=None, help="Ray cluster to join, e.g. auto or HEAD:6379 (default: start a local Ray)")
+    add_run_flags(p, "video")
+    add_plugin_flag(p, "datasets and samplers")
+    return p
+
+
+def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    if a.total_machine < 1 or not 0 <= a.machine_id < a.total_machine:
+        p.error(f"--machine_id must be in 0..{a.total_machine - 1} (got {a.machine_id})")
+    for flag in ("workers", "samples_per_tar", "num_frames", "kf_iframes", "kf_total", "max_side"):
+        if getattr(a, flag) < 1:
+            p.error(f"--{flag} must be at least 1")
+    if a.kf_total < a.kf_iframes:
+        p.error("--kf_total must be at least --kf_iframes")
+    if a.backend == "decord" and a.type != "un":
+        p.error("--backend decord works with --type un only (kf needs every frame's picture type)")
+    if not 1 <= a.jpeg_quality <= 100:
+        p.error("--jpeg_quality must be in 1..100")
+    if a.dataset == "table" and not (a.video_col and a.caption_col):
+        p.error("--dataset table needs --video_col and --caption_col")
+    if a.source == "url" and not LOADERS[a.dataset].urls:
+        p.error(f"--source url: the {a.dataset} manifest has no video URL column to read"
+                " (YouTube-hosted datasets: download with yt-dlp first, see README)")
+    if not a.ego4d_window > 0:
+        p.error("--ego4d_window must be positive")
+    storage.configure(a.s3_endpoint)
+    try:
+        if not storage.exists(a.manifest) or storage.isdir(a.manifest):
+            p.error(f"manifest not found: {a.manifest}")
+        if a.video_root is not None and not storage.is_remote(a.video_root) and not os.path.isdir(a.video_root):
+            p.error(f"--video_root is not a folder: {a.video_root}")
+        if a.captions is not None and not storage.exists(a.captions):
+            p.error(f"--captions file not found: {a.captions}")
+    except (PermissionError, OSError) as e:
+        p.error(f"cannot reach {a.manifest}: {e}")
+    try:
+        storage.check_output_folder(a.save_path)
+    except UsageError as e:
+        p.error(str(e))
+
+
+def video_root(args) -> str:
+    """The folder relative video paths resolve against."""
+    return args.video_root if args.video_root else storage.dirname(args.manifest)
+
+
+def loader_options(a: argparse.Namespace) -> LoaderOptions:
+    return LoaderOptions(a.source, a.ego4d_pass, a.ego4d_window, a.video_col, a.caption_col, a.id_col,
+                         a.start_col, a.end_col)
+
+
+def read_manifest(args, manifest: Manifest) -> tuple[int, int, dict]:
+    """This machine's range and its entries: one streaming pass counts, then only the range is parsed."""
+    try:
+        index = manifest.index()
+    except (ValueError, OSError) as e:
+        raise UsageError(f"cannot read manifest {args.manifest}: {e}") from None
+    lo, hi = machine_range(index.total, args.machine_id, args.total_machine, args.start, args.end)
+    entries = fill_captions(list(manifest.entries(index, lo, hi)), args.captions)
+    return lo, hi, dict(entries)
+
+
+def check_same_flags(save_path: str, machine_id: int, flags: dict) -> str:
+    """A rerun into the same folder must use the same flags, or resumed tars would mix outputs."""
+    path = storage.join(save_path, STATE_DIR, f"flags-{machine_id}.json")
+    if storage.exists(path):
+        before = json.loads(storage.read_bytes(path))
+        if before != flags:
+            diff = sorted(k for k in set(before) | set(flags) if before.get(k) != flags.get(k))
+            return f"{save_path} holds machine {machine_id}'s output of a run with other flags ({', '.join(diff)}): use a new --save_path or delete it"
+    else:
+        write_bytes_atomically(path, json.dumps(flags, sort_keys=True).encode())
+    return ""
+
+
+def run_on_ray(args, options: PackOptions, todo: list, items: list[WorkItem], bar) -> list[TarResult]:
+    """One Ray task per tar; a tar whose task failed is packed here, record by record."""
+    by_index = {it.index: it for it in items}
+    units = [
+        TarUnit(p, [by_index[i] for i in range(p.start, p.end)], options, args.save_path, args.timeout, args.s3_endpoint,
+                tuple(os.path.abspath(f) for f in args.plugin))
+        for p in todo
+    ]
+    written = []
+    for index, result in ray_map_units(pack_tar, units, args.workers, args.ray_address,
+                                       deadline=lambda u: len(u.items) * args.timeout + 60):
+        if isinstance(result, WorkFailure):
+            unit = units[index]
+            results = map_ordered(pack_record, unit.items, args.workers, args.timeout, init_worker, (options,))
+            result = next(write_planned_tars(args.save_path, [unit.plan], unit.items, results))
+        written.append(result)
+        if bar:
+            bar.update(result.plan.end - result.plan.start)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    load_plugins(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    clock = Stopwatch()
+
+    manifest = Manifest(args.manifest, LOADERS[args.dataset], loader_options(args))
+    try:
+        lo, hi, entries = read_manifest(args, manifest)
+    except UsageError as e:
+        print(f"pack.py: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    plans = plan_tars(lo, hi, args.samples_per_tar, args.machine_id)
+    options = PackOptions(
+        type=args.type,
+        sampler=SamplerOptions(args.num_frames, args.kf_iframes, args.kf_total, args.time_scale),
+        max_side=args.max_side,
+        jpeg_quality=args.jpeg_quality,
+        decode_threads=args.decode_threads,
+        backend=args.backend,
+        clip_mode=args.clip_mode,
+    )
+    flags = {
+        "dataset": args.dataset,
+        "manifest": storage.absolute(args.manifest),
+        "video_root": args.video_root and storage.absolute(args.video_root),
+        "loader": json.loads(json.dumps(manifest.options.__dict__)),
+        "captions": args.captions and storage.absolute(args.captions),
+        "range": [lo, hi],
+        "samples_per_tar": args.samples_per_tar,
+        "options": json.loads(json.dumps(options, default=lambda o: o.__dict__)),
+    }
+    problem = check_same_flags(args.save_path, args.machine_id, flags)
+    if problem:
+        print(f"pack.py: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+
+    todo = [p for p in plans if not is_done(args.save_path, p)]
+    root = video_root(args)
+    items = [
+        WorkItem(i, entries[i], resolve(entries[i].video_path, root) if isinstance(entries[i], Record) else "", root)
+        for p in todo
+        for i in range(p.start, p.end)
+    ]
+    bar = progress_bar(len(items), "video", f"pack {args.type}") if not args.no_progress else None
+    if args.executor == "ray":
+        written = run_on_ray(args, options, todo, items, bar)
+    else:
+        ahead = prefetched(items, fetch_ahead, lookahead=4 * args.workers, threads=8)
+        results = map_ordered(pack_record, ahead, args.workers, args.timeout, init_worker, (options,))
+        written = list(write_planned_tars(args.save_path, todo, items, results, (lambda ok: bar.update(1)) if bar else None))
+    if bar:
+        bar.close()
+
+    errors = [e for p in plans for e in finished_errors(args.save_path, p)]
+    errors_path = storage.join(args.save_path, f"errors-{args.machine_id}.jsonl")
+    write_bytes_atomically(errors_path, jsonl_bytes(errors))
+    seconds = clock.seconds
+    done_now = len(items)
+    print_summary(
+        "pack",
+        {
+            "records": hi - lo,
+            "packed": (hi - lo) - len(errors),
+            "errors": len(errors),
+            "tars_written": len(written),
+            "tars_resumed": len(plans) - len(todo),
+            "seconds": seconds,
+            "videos_per_s": done_now / seconds if seconds > 0 else 0.0,
+        },
+        reason_counts(errors),
+    )
+    print(f"shards: {storage.absolute(args.save_path)}  errors: {errors_path}", flush=True)
+    return EXIT_SOME_ERRORS if errors else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
