@@ -83,3 +83,19 @@ def video_frames(data: bytes) -> list[tuple[float, int | None]]:
             for f in c.decode(stream)
         ]
     return sorted(frames)
+
+
+def noise_video(path: str, frames: int) -> str:
+    """A video of random pixels, which no encoder can shrink: about 90 KB a frame (MPEG-4 in mp4),
+    for tests that need outputs of a given size (a full disk, uploads in parts)."""
+    rng = np.random.default_rng(frames)
+    with av.open(path, "w") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt, stream.bit_rate = 320, 240, "yuv420p", 40_000_000
+        for _ in range(frames):
+            image = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path

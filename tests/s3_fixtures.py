@@ -129,6 +129,8 @@ class _FaultyProxyHandler(http.server.BaseHTTPRequestHandler):
             data = data.replace(b' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"', b"")
             if b"<ListBucketResult" in data:  # OSS lists each object's Type too
                 data = data.replace(b"</Key>", b"</Key><Type>Normal</Type>")
+            if b"<ListMultipartUploadsResult" in data and b"<NextKeyMarker" not in data:  # OSS always has them
+                data = data.replace(b"</IsTruncated>", b"</IsTruncated><NextKeyMarker/><NextUploadIdMarker/>")
         self.send_response(resp.status, resp.reason)
         for k, v in resp.getheaders():
             if k.lower() not in ("transfer-encoding", "connection", "content-length"):

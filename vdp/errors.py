@@ -14,6 +14,7 @@ from collections.abc import Iterable
 EXIT_OK = 0
 EXIT_SOME_ERRORS = 1
 EXIT_USAGE = 2
+EXIT_OUTPUT = 3  # an output could not be written (disk full, read-only folder): fix it and rerun
 
 
 class RecordError(Exception):

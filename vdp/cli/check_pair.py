@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vdp.cli.common import exits_on_output_error
 from vdp.cli.index_flags import add_common_flags, check_options, executor_of
 from vdp.errors import EXIT_USAGE, UsageError
 from vdp.index.report import write_report
 from vdp.index.scan import ScanOptions, merge_picks
 from vdp.index.stage import find_tars, finish, run_scan
 from vdp.io import storage
+from vdp.io.debris import remove_stale_partials
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@exits_on_output_error("check_pair.py")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     storage.configure(args.s3_endpoint)
@@ -60,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    # what killed runs left of its own files (the report and dumped samples are rewritten whole)
+    remove_stale_partials([storage.join(args.out, f"{args.dataset_name}.errors.jsonl"), storage.join(args.out, "report.html")])
     extra: tuple = ()  # (make_extra, its args): the decoder is built where the scan runs
     if args.tokenizer:
         from vdp.index.textwin import make_window_check
@@ -75,6 +80,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {path} ({len(picks)} samples)", file=sys.stderr)
     return finish(run, "check_pair", storage.join(args.out, f"{args.dataset_name}.errors.jsonl"))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

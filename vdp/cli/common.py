@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from vdp.errors import EXIT_OUTPUT
+from vdp.io.storage import OutputError
 from vdp.plugins import import_plugin
 
 
@@ -33,3 +36,26 @@ def load_plugins(argv: Sequence[str] | None) -> list[str]:
     for path in known.plugin:
         import_plugin(path)
     return [os.path.abspath(p) for p in known.plugin]
+
+
+def exits_on_output_error(prog: str) -> Callable:
+    """Decorate a command's main: an output that cannot be written mid-run (disk full, a folder
+    made read-only) ends it with one line naming that output and EXIT_OUTPUT, not a traceback.
+
+    Nothing incomplete is left under a final name (writes are atomic), and what the run left
+    behind is removed by the rerun, so freeing space and running the same command again is all
+    it takes.
+    """
+
+    def decorate(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args, **kwargs) -> int:
+            try:
+                return main(*args, **kwargs)
+            except OutputError as e:
+                print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+                return EXIT_OUTPUT
+
+        return run
+
+    return decorate

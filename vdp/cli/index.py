@@ -11,7 +11,8 @@ Examples (from the repo root):
 Writes OUT/NAME.pkl (the seed's Megatron index), OUT/NAME.wids.json, OUT/NAME.errors.jsonl and,
 with --energon, energon's metadata inside the dataset folder (next to the tars in the bucket
 for an s3:// or oss:// dataset, whose indexes then list the tars' URLs). Exit 0 when every tar
-and sample is sound, 1 when something was bad (the rest is still indexed), 2 on bad usage.
+and sample is sound, 1 when something was bad (the rest is still indexed), 2 on bad usage,
+3 when an output could not be written (disk full, read-only folder): fix that and rerun.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vdp.cli.common import exits_on_output_error
 from vdp.cli.index_flags import add_common_flags, check_options, executor_of
 from vdp.errors import EXIT_USAGE, UsageError
 from vdp.index.formats import (
     default_url,
+    energon_files,
     megatron_entries,
     prefixed_url,
     wids_index,
@@ -33,6 +36,7 @@ from vdp.index.formats import (
 from vdp.index.scan import ScanOptions
 from vdp.index.stage import find_tars, finish, run_scan
 from vdp.io import storage
+from vdp.io.debris import remove_stale_partials
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,6 +81,16 @@ def write_indexes(args: argparse.Namespace, scans) -> None:
         print(f"energon: {listed} shards indexed in {storage.join(args.dataset_path, '.nv-meta')}", file=sys.stderr)
 
 
+def final_paths(args: argparse.Namespace, tars: list[str]) -> list[str]:
+    """Every file this run writes: the indexes and errors file, with --energon its metadata and each tar's .idx."""
+    base = storage.join(args.output, args.dataset_name)
+    paths = [base + ".pkl", base + ".wids.json", base + ".errors.jsonl"]
+    if args.energon:
+        paths += [storage.join(args.dataset_path, rel) for rel in energon_files([])] + [t + ".idx" for t in tars]
+    return paths
+
+
+@exits_on_output_error("index/main.py")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     storage.configure(args.s3_endpoint)
@@ -87,10 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    remove_stale_partials(final_paths(args, tars))  # what killed runs left
     run = run_scan(tars, options, args.workers, args.timeout, executor=executor_of(args), progress=not args.no_progress)
     write_indexes(args, run.scans)
     return finish(run, "index", storage.join(args.output, f"{args.dataset_name}.errors.jsonl"))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

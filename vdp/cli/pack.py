@@ -14,9 +14,10 @@ import os
 import sys
 
 import vdp.pack.datasets  # noqa: F401 (registers the built-in datasets)
-from vdp.cli.common import add_plugin_flag, add_run_flags, load_plugins
+from vdp.cli.common import add_plugin_flag, add_run_flags, exits_on_output_error, load_plugins
 from vdp.errors import EXIT_OK, EXIT_SOME_ERRORS, EXIT_USAGE, UsageError, jsonl_bytes, reason_counts
 from vdp.io import storage
+from vdp.io.debris import remove_stale_partials
 from vdp.io.tario import write_bytes_atomically
 from vdp.pack.locate import resolve
 from vdp.pack.manifest import LOADERS, LoaderOptions, Manifest, Record, fill_captions
@@ -34,6 +35,7 @@ from vdp.pack.stage import (
     is_done,
     pack_record,
     pack_tar,
+    sidecar_path,
     write_planned_tars,
 )
 from vdp.run.pool import WorkFailure, map_ordered
@@ -57,7 +59,8 @@ examples:
   # whole videos, records 1000..1999 only
   python pack.py --dataset jsonl --manifest clips.jsonl --type video-only --save_path out/ --start 1000 --end 2000
 
-exit status: 0 all records packed, 1 some records went to errors-{machine_id}.jsonl, 2 bad usage.
+exit status: 0 all records packed, 1 some records went to errors-{machine_id}.jsonl, 2 bad usage,
+3 an output could not be written (disk full, read-only folder): fix that and rerun.
 """
 
 
@@ -162,9 +165,24 @@ def read_manifest(args, manifest: Manifest) -> tuple[int, int, dict]:
     return lo, hi, dict(entries)
 
 
+def flags_path(save_path: str, machine_id: int) -> str:
+    return storage.join(save_path, STATE_DIR, f"flags-{machine_id}.json")
+
+
+def errors_path(save_path: str, machine_id: int) -> str:
+    return storage.join(save_path, f"errors-{machine_id}.jsonl")
+
+
+def final_paths(save_path: str, machine_id: int, plans: list) -> list[str]:
+    """Every file this machine writes: its tars, their errors sidecars, its flags and errors files."""
+    tars = [storage.join(save_path, p.name) for p in plans]
+    sidecars = [sidecar_path(save_path, p) for p in plans]
+    return [*tars, *sidecars, flags_path(save_path, machine_id), errors_path(save_path, machine_id)]
+
+
 def check_same_flags(save_path: str, machine_id: int, flags: dict) -> str:
     """A rerun into the same folder must use the same flags, or resumed tars would mix outputs."""
-    path = storage.join(save_path, STATE_DIR, f"flags-{machine_id}.json")
+    path = flags_path(save_path, machine_id)
     if storage.exists(path):
         before = json.loads(storage.read_bytes(path))
         if before != flags:
@@ -196,6 +214,7 @@ def run_on_ray(args, options: PackOptions, todo: list, items: list[WorkItem], ba
     return written
 
 
+@exits_on_output_error("pack.py")
 def main(argv: list[str] | None = None) -> int:
     load_plugins(argv)
     parser = build_parser()
@@ -229,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "samples_per_tar": args.samples_per_tar,
         "options": json.loads(json.dumps(options, default=lambda o: o.__dict__)),
     }
+    remove_stale_partials(final_paths(args.save_path, args.machine_id, plans))  # what killed runs left
     problem = check_same_flags(args.save_path, args.machine_id, flags)
     if problem:
         print(f"pack.py: error: {problem}", file=sys.stderr)
@@ -252,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
 
     errors = [e for p in plans for e in finished_errors(args.save_path, p)]
-    errors_path = storage.join(args.save_path, f"errors-{args.machine_id}.jsonl")
-    write_bytes_atomically(errors_path, jsonl_bytes(errors))
+    errors_file = errors_path(args.save_path, args.machine_id)
+    write_bytes_atomically(errors_file, jsonl_bytes(errors))
     seconds = clock.seconds
     done_now = len(items)
     print_summary(
@@ -269,9 +289,6 @@ def main(argv: list[str] | None = None) -> int:
         },
         reason_counts(errors),
     )
-    print(f"shards: {storage.absolute(args.save_path)}  errors: {errors_path}", flush=True)
+    print(f"shards: {storage.absolute(args.save_path)}  errors: {errors_file}", flush=True)
     return EXIT_SOME_ERRORS if errors else EXIT_OK
 
-
-if __name__ == "__main__":
-    sys.exit(main())

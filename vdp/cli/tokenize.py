@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from vdp.cli.common import add_run_flags
+from vdp.cli.common import add_run_flags, exits_on_output_error
 from vdp.errors import (
     EXIT_OK,
     EXIT_SOME_ERRORS,
@@ -23,6 +23,7 @@ from vdp.errors import (
     reason_counts,
 )
 from vdp.io import storage
+from vdp.io.debris import remove_stale_partials
 from vdp.io.tario import write_bytes_atomically, write_errors_file
 from vdp.run.pool import WorkFailure
 from vdp.run.progress import Stopwatch, print_summary, progress_bar
@@ -40,6 +41,7 @@ from vdp.tokenize.stage import (
     plan_groups,
     read_state,
     run_groups,
+    shard_path,
     state_path,
     tar_range,
 )
@@ -69,7 +71,8 @@ examples:
 
 output: OUT/{start}-{end}/shard_{g}.tar, one sample per packed sequence: {key}.json with input_ids,
 loss_mask, sample_lengths, sources, source_tars, image; {key}.{i}.jpg the frames in order.
-exit status: 0 every sample packed, 1 some went to OUT/errors.jsonl (or a worker failed), 2 bad usage.
+exit status: 0 every sample packed, 1 some went to OUT/errors.jsonl (or a worker failed), 2 bad usage,
+3 an output could not be written (disk full, read-only folder): fix that and rerun.
 """
 
 
@@ -167,9 +170,20 @@ def find_input_tars(dataset_path: str) -> list[str]:
     return tars
 
 
+def flags_path(out_dir: str) -> str:
+    return storage.join(out_dir, STATE_DIR, "flags.json")
+
+
+def remove_debris(out_dir: str, jobs: list[GroupJob], errors_path: str) -> None:
+    """What killed runs left of this machine's files: its shards, their state, its flags; and of
+    the errors file every machine rewrites, only temp files whose writer is gone."""
+    owned = [p for j in jobs for p in (shard_path(j), state_path(j))] + [flags_path(out_dir)]
+    remove_stale_partials(owned, shared=[errors_path])
+
+
 def check_same_flags(out_dir: str, flags: dict) -> str:
     """A rerun into the same range folder must use the same flags, or resumed shards would mix outputs."""
-    path = storage.join(out_dir, STATE_DIR, "flags.json")
+    path = flags_path(out_dir)
     if storage.exists(path):
         before = json.loads(storage.read_bytes(path))
         if before != flags:
@@ -235,6 +249,7 @@ def run_todo(todo: list[GroupJob], options: TokenizeOptions, args: argparse.Name
     return fresh, failures
 
 
+@exits_on_output_error("tokenize/main.py")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -254,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = plan_groups(tars, args.dataset_path, start, end, args.shard_size, out_dir)
     options = options_of(args)
     flags = {"dataset_path": storage.absolute(args.dataset_path), "shard_size": args.shard_size, **options.__dict__}
+    errors_path = storage.join(args.save_path, "errors.jsonl")
+    remove_debris(out_dir, jobs, errors_path)
     problem = check_same_flags(out_dir, flags)
     if problem:
         print(f"tokenize/main.py: error: {problem}", file=sys.stderr)
@@ -264,7 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     fresh, failures = run_todo(todo, options, args)
     finished = sorted(resumed + fresh, key=lambda r: r.index)
     errors = collect_errors(args.save_path) + failures
-    errors_path = storage.join(args.save_path, "errors.jsonl")
     write_errors_file(errors_path, errors)
     seconds = clock.seconds
     range_errors = [e for r in finished for e in r.errors] + failures
@@ -280,6 +296,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"shards: {storage.absolute(out_dir)}  errors: {storage.absolute(errors_path)}", flush=True)
     return EXIT_SOME_ERRORS if range_errors else EXIT_OK
 
-
-if __name__ == "__main__":
-    sys.exit(main())

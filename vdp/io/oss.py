@@ -175,6 +175,19 @@ class OSSFileSystem:
         key = key.rstrip("/") + "/" if key else ""
         return [f"oss://{bucket}/{o.key}" for o in self._oss2.ObjectIterator(self._bucket(bucket), prefix=key)]
 
+    def list_uploads(self, prefix: str) -> list[tuple[str, str]]:
+        """(path, upload id) of every unfinished multipart upload under `prefix` (oss://bucket/folder/)."""
+        bucket, key = split(prefix)
+        uploads = self._oss2.MultipartUploadIterator(self._bucket(bucket), prefix=key)
+        return [(f"oss://{bucket}/{u.key}", u.upload_id) for u in uploads if not u.is_prefix()]
+
+    def abort_upload(self, path: str, upload_id: str) -> None:
+        bucket, key = split(path)
+        try:
+            self._bucket(bucket).abort_multipart_upload(key, upload_id)
+        except self._oss2.exceptions.NoSuchUpload:
+            pass  # completed or aborted meanwhile: nothing left either way
+
     def write_atomically(self, path: str, fill: Callable) -> None:
         bucket, key = split(path)
         writer = _MultipartWriter(self._bucket(bucket), key)

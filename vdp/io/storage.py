@@ -23,9 +23,13 @@ is aborted on failure.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import io
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,6 +144,12 @@ def _fs(path: str):
     if path.startswith("s3://"):
         return _s3()
     return _http() if is_url(path) else _oss()
+
+
+def backend(path: str):
+    """The filesystem object behind a remote path (s3fs or vdp.oss), for the rare operation not
+    wrapped here (vdp.debris lists and aborts unfinished uploads)."""
+    return _fs(path)
 
 
 def _retrying(path: str, fn: Callable):
@@ -265,25 +275,92 @@ def list_files(prefix: str, suffix: str = "") -> list[str]:
     return sorted(p for p in paths if p.endswith(suffix) and not any(part.startswith(".") for part in p[len(prefix):].split("/")))
 
 
+class OutputError(OSError):
+    """An output that could not be written: the disk is full, the folder read-only or not ours.
+
+    Built as OSError(errno, strerror, final path): it pickles from a worker to the parent, and
+    reads as one line naming the output (never the hidden temp file).
+    """
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+# Failures of the output itself, whatever call met them (a write, a kernel copy into the file,
+# the final fsync or rename); a failure of an input read inside `fill` has other numbers.
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def temp_path(path: str) -> str:
+    """The hidden temp file a local write of `path` fills: `.{name}.tmp-{pid}` beside it."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+
+
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-\d+$")  # the name of a temp_path, `name` its final name's
+
+
+def _open_locked(tmp: str):
+    """Create `tmp` afresh and hold an exclusive flock on it while it is written.
+
+    The lock tells a cleaner (vdp.debris) that a live process writes the file; a killed
+    writer's lock dies with it. A cleaner may take a new file for a dead writer's in the
+    instant between our create and our lock and remove it: then we create it again.
+    """
+    while True:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # left by a dead process that had our pid: the name is ours now
+        f = open(tmp, "xb")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            continue
+        except OSError:  # a filesystem without locks: unguarded
+            return f
+        held, there = os.fstat(f.fileno()), _stat_or_none(tmp)
+        if there is not None and (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino):
+            return f
+        f.close()
+
+
+def _stat_or_none(path: str):
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _write_local(path: str, fill: Callable) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = temp_path(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with _open_locked(tmp) as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OutputError:
+        raise  # a write nested in `fill` (a tar's errors sidecar) already named its output
+    except OSError as e:
+        if e.errno in OUTPUT_ERRNOS or e.filename in (tmp, folder, path):
+            raise OutputError(e.errno, e.strerror, path) from e
+        raise
+    finally:
+        with contextlib.suppress(OSError):  # a read-only folder keeps it: the next run removes it
+            os.unlink(tmp)
+
+
 def write_stream_atomically(path: str, fill: Callable) -> None:
     """Call `fill(file)`; `path` appears only if it returns, complete, never half-written.
 
-    Local: a hidden temp file beside `path`, fsync, rename. Remote: a multipart upload that is
-    completed only after `fill` returns and aborted if it raises.
+    Local: a hidden temp file beside `path` (locked while written), fsync, rename; a full disk or
+    a folder that cannot be written raises OutputError naming `path`. Remote: a multipart upload
+    that is completed only after `fill` returns and aborted if it raises.
     """
     if not is_remote(path):
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                fill(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _write_local(path, fill)
         return
     if is_url(path):
         raise _usage_error(f"cannot write to {path}: http(s) URLs are read-only inputs")
