@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import boto3
 import pytest
-from vdp.synth import VideoSpec, make_video
 
 from tests.kill_helpers import after, command, files_under, run, run_killed, temp_files
 from tests.pack_helpers import noise_video, write_manifest
 from tests.s3_fixtures import S3_ENV, make_bucket
 from tests.stage1_fixtures import BENCH_SIZES, train_llama_like_tokenizer, write_stage1_corpus
+from tests.synth import VideoSpec, make_video
 from tests.test_index_s3 import download_tree, upload_tree
 from vdp.io.tario import iter_tar_members, split_member_name
 from vdp.tokenize.stage import STATE_DIR

@@ -17,11 +17,11 @@ import subprocess
 import time
 
 import pytest
-from vdp.synth import VideoSpec, make_video
 
 from tests.kill_helpers import command, files_under, run, temp_files
 from tests.pack_helpers import noise_video, write_manifest
 from tests.stage1_fixtures import train_llama_like_tokenizer, write_stage1_corpus
+from tests.synth import VideoSpec, make_video
 from vdp.io.tario import iter_tar_members
 
 

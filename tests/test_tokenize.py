@@ -623,12 +623,13 @@ def test_runs_as_a_script_without_shadowing_stdlib_tokenize(corpus, sp_model, tm
     done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "sequences_out=" in done.stdout
-    # The script's own folder is replaced by the repo root, so the stdlib `tokenize` (used by
-    # linecache and inspect for every traceback) is the one imported.
+    # The script's folder is sys.path[0] and holds no tokenize.py (nor __init__.py), so the
+    # stdlib `tokenize` (used by linecache and inspect for every traceback) is the one imported.
     probe = (
-        "import sys, runpy; sys.path[0] = sys.argv[1]; runpy.run_path(sys.argv[2], run_name='probe');"
+        "import sys, os, runpy, sysconfig; sys.path[0] = sys.argv[1]; runpy.run_path(sys.argv[2], run_name='probe');"
         "import tokenize, inspect, linecache; assert hasattr(tokenize, 'open'), tokenize;"
-        "assert sys.argv[1] not in sys.path; assert inspect.getsource(linecache.getline)"
+        "assert tokenize.__file__.startswith(sysconfig.get_paths()['stdlib']), tokenize.__file__;"
+        "assert inspect.getsource(linecache.getline)"
     )
     checked = subprocess.run(
         [sys.executable, "-c", probe, os.path.dirname(script), script], capture_output=True, text=True
