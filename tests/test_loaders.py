@@ -188,7 +188,8 @@ def test_counting_by_blocks_agrees_with_parsing_line_by_line(tmp_path, monkeypat
             rows.append(json.dumps({"video_path": f"v{i}.mp4", "value": f"c {i}" * (i % 7)}))
         else:
             sep = "," if fmt == "csv" else "\t"
-            rows.append(sep.join([f"v{i}.mp4", f'"c, {i}"' if fmt == "csv" else f"c {i}"]))
+            caption = (f'"c,\r\n {i}"' if i == 40 else f'"c, {i}"') if fmt == "csv" else f"c {i}"
+            rows.append(sep.join([f"v{i}.mp4", caption]))  # row 40: a quoted field across lines
         rows += ["", "  \t ", "\r"][: i % 4]
     header = "" if fmt == "jsonl" else ("file,text\n" if fmt == "csv" else "file\ttext\n")
     p = tmp_path / f"m.{fmt}"

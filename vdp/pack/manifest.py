@@ -24,6 +24,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from vdp.io import storage
 
 ROWS_PER_CHECKPOINT = 4096
@@ -302,10 +304,8 @@ def index_manifest(path: str, fmt: str, entries_of: RowToEntries | None) -> Mani
         known = row_count(path, fmt)
         if known is not None:
             return ManifestIndex(known, [Checkpoint(0, 1, 0, 0)])
-        if fmt in ("jsonl", "tsv"):
+        if fmt in LINE_FORMATS:
             return _index_lines(path, fmt)
-        if fmt == "csv":
-            return _index_rows(path, fmt)
     checkpoints = [Checkpoint(0, 1, 0, 0)]
     total = 0
     for row in iter_rows(path, fmt):
@@ -331,7 +331,9 @@ def _index_lines(path: str, fmt: str) -> ManifestIndex:
     """One record per non-blank line: count them block by block (C speed), never line by line.
 
     Checkpoints fall on block ends, so a range is reached by skipping at most one block of
-    lines. A line is blank exactly when `line_raw` skips it (whitespace only).
+    lines. A line is blank exactly when the row splitter skips it (whitespace only). A CSV
+    block with a line of odd quote count (a quoted field running across lines, or a stray
+    quote) is where the rows stop being lines: from there on, rows are found one by one.
     """
     with storage.open_read(path) as f:
         raw, first = _raw_reader(f, fmt)
@@ -346,6 +348,8 @@ def _index_lines(path: str, fmt: str) -> ManifestIndex:
             data = carry + block
             cut = data.rfind(b"\n") + 1 if block else len(data)
             whole, carry = data[:cut], data[cut:]
+            if fmt == "csv" and _has_open_quote(whole):
+                return _index_rows(f, raw, Checkpoint(offset, line, rows, rows), checkpoints)
             lines = whole.count(b"\n")
             rows += lines - _blank_lines(whole)
             if not block and whole and not whole.endswith(b"\n"):  # a last line without its newline
@@ -359,16 +363,24 @@ def _index_lines(path: str, fmt: str) -> ManifestIndex:
     return ManifestIndex(rows, checkpoints)
 
 
-def _index_rows(path: str, fmt: str) -> ManifestIndex:
-    """One record per row: find the rows' starts without decoding or parsing them."""
-    checkpoints = [Checkpoint(0, 1, 0, 0)]
-    rows = 0
-    with storage.open_read(path) as f:
-        raw, start = _raw_reader(f, fmt)
-        for offset, line, _ in raw(f, start) if start is not None else ():
-            if rows % ROWS_PER_CHECKPOINT == 0 and rows:
-                checkpoints.append(Checkpoint(offset, line, rows, rows))
-            rows += 1
+def _has_open_quote(whole: bytes) -> bool:
+    """Whether some line of these whole lines has an odd number of quote characters."""
+    if b'"' not in whole:
+        return False
+    data = np.frombuffer(whole, np.uint8)
+    quotes = np.flatnonzero(data == 34)
+    ends = np.append(np.flatnonzero(data == 10), len(data))  # the last piece may lack its newline
+    per_line = np.diff(np.searchsorted(quotes, ends, side="right"), prepend=0)
+    return bool((per_line % 2).any())
+
+
+def _index_rows(f, raw, start: Checkpoint, checkpoints: list[Checkpoint]) -> ManifestIndex:
+    """Rows found one by one from `start` (a row boundary), checkpoints as they pass."""
+    rows = start.row
+    for offset, line, _ in raw(f, start):
+        if rows - checkpoints[-1].row >= ROWS_PER_CHECKPOINT:
+            checkpoints.append(Checkpoint(offset, line, rows, rows))
+        rows += 1
     return ManifestIndex(rows, checkpoints)
 
 
