@@ -5,10 +5,12 @@ tar-level damage, bad samples and an object store's permanent faults become erro
 tar's headers are walked by vdp.io.tarslices (no per-member state, so memory does not grow with
 the member count) and members are read in chunks within their size limits; a sample with a
 refused member (link, device, unsafe name, duplicate, too large) is a bad sample, never dumped. A tar
-on s3:// or oss:// is read once, as a stream (vdp.io.storage: in memory below 64 MB, ranged
-read-ahead above), never copied to disk. What comes back is small: counts, error rows, each
-sample's byte offset (for energon's `.tar.idx`), and, when a dump is asked for, the few
-samples of this tar that rank first by a hash of their name, with their members.
+on s3:// or oss:// is read once, front to back, through the same stream window and fault type
+as stage 2 (vdp.io.tarslices.InputTar, StoreFault), never copied to disk; a fault becomes an
+"unreadable tar" row here, where stage 2 leaves the group for a rerun. What comes back is
+small: counts, error rows, each sample's byte offset (for energon's `.tar.idx`), and, when a
+dump is asked for, the few samples of this tar that rank first by a hash of their name, with
+their members.
 """
 
 from __future__ import annotations
@@ -18,15 +20,14 @@ import heapq
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from vdp.errors import RecordError, error_entry
 from vdp.index.validate import CheckOptions, SampleFacts, check_sample
 from vdp.io import storage
 from vdp.io.shards import Sample
-from vdp.io.tario import TarReadError, split_member_name
-from vdp.io.tarslices import Entry, iter_tar_index, read_member, too_large
+from vdp.io.tario import KeyGroups, TarReadError, split_member_name
+from vdp.io.tarslices import Entry, InputTar, StoreFault, iter_tar_index, member_limit, read_member, too_large
 
 BLOCK = 512  # tar block size: every header and every member's padded data is a multiple of it
 
@@ -116,70 +117,6 @@ class TarDamage:
     dropped: str  # key of the sample the damage cut short ("" if none)
 
 
-class ReadFault(Exception):
-    """A remote read that failed after every retry: the store or the network is at fault, not the tar's bytes."""
-
-
-def _as_fault(e: Exception) -> ReadFault | None:
-    """The ReadFault an object store's exception stands for; None for anything else (a bug)."""
-    if isinstance(e, OSError) or storage.is_transient(e):
-        return ReadFault(f"{type(e).__name__}: {e}")
-    return None
-
-
-class _RemoteStream:
-    """A remote tar's file object whose read faults surface as ReadFault.
-
-    Without it the tar reader would take a network OSError for a corrupt tar (and a botocore
-    error would escape it altogether): the user would be told to rebuild a sound tar rather
-    than to rerun.
-    """
-
-    def __init__(self, f):
-        self._f = f
-
-    def _call(self, method: str, *args):
-        try:
-            return getattr(self._f, method)(*args)
-        except Exception as e:
-            fault = _as_fault(e)
-            if fault is None:
-                raise
-            raise fault from e
-
-    def read(self, n: int = -1) -> bytes:
-        return self._call("read", n)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._call("seek", offset, whence)
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    def seekable(self) -> bool:
-        return self._f.seekable()
-
-
-@contextmanager
-def open_tar(path: str, scan: TarScan) -> Iterator:
-    """The tar as a file object, and its size set on `scan`: a plain file locally, a stream remotely."""
-    if not storage.is_remote(path):
-        scan.size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            yield f
-        return
-    try:
-        scan.size = storage.size(path)
-        f = storage.open_read(path, known_size=scan.size)
-    except Exception as e:
-        fault = _as_fault(e)
-        if fault is None:
-            raise
-        raise fault from e
-    with f:
-        yield _RemoteStream(f)
-
-
 def iter_members(f) -> Iterator[tuple[Entry, bytes | None]]:
     """Each member of a tar with its bytes; None and the entry's `problem` set when it is refused.
 
@@ -204,28 +141,19 @@ def iter_placed(f, damage: list[TarDamage]) -> Iterator[Placed]:
     come from data offsets and sizes alone, long-name headers included. A sample the damage
     cut short is not yielded (it may lack members).
     """
-    current: Placed | None = None
+    groups = KeyGroups(iter_members(f), lambda member: member[0].name)
     end = 0
     try:
-        for entry, data in iter_members(f):
-            key, ext = split_member_name(entry.name)
-            if current is not None and key != current.sample.key:
-                yield current
-                current = None
-            if current is None:
-                current = Placed(Sample(key), end, end)
-            current.add(ext, entry, data)
-            end = current.end = entry.offset + _padded(entry.size)
+        for key, members in groups:
+            placed = Placed(Sample(key), end, end)
+            for entry, data in members:
+                placed.add(split_member_name(entry.name)[1], entry, data)
+            end = placed.end = entry.offset + _padded(entry.size)
+            yield placed
     except TarReadError as e:
-        damage.append(
-            TarDamage(f"{e.reason} (after {e.members_read} readable members)", current.sample.key if current else "")
-        )
-        return
-    except ReadFault as e:
-        damage.append(TarDamage(f"unreadable tar: {e}", current.sample.key if current else ""))
-        return
-    if current is not None:
-        yield current
+        damage.append(TarDamage(f"{e.reason} (after {e.members_read} readable members)", groups.key))
+    except StoreFault as e:
+        damage.append(TarDamage(f"unreadable tar: {e}", groups.key))
 
 
 # A hook check_pair adds to the per-sample checks (decoding token windows); None for main.py.
@@ -240,12 +168,13 @@ def scan_tar(path: str, opts: ScanOptions, extra: ExtraCheck | None = None) -> T
     heap: list[tuple[bytes, int, Pick]] = []  # the picks kept, highest rank on top
     end = 0
     try:
-        with open_tar(path, scan) as f:
-            for placed in iter_placed(f, damage):
+        with InputTar(path, member_limit) as tar:
+            scan.size = tar.size
+            for placed in iter_placed(tar.file, damage):
                 scan.offsets.append(placed.start)
                 end = placed.end
                 _record(scan, placed, opts, extra, heap)
-    except (OSError, ReadFault) as e:
+    except (OSError, StoreFault) as e:
         damage.append(TarDamage(f"unreadable tar: {getattr(e, 'strerror', None) or e}", ""))
     scan.offsets.append(end)  # energon's index ends with the end of the last sample
     for d in damage:

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from vdp.io.tario import TarReadError, iter_tar_members, split_member_name
+from vdp.io.tario import KeyGroups, TarReadError, iter_tar_members, split_member_name
 
 
 @dataclass
@@ -31,24 +31,15 @@ def iter_samples(path: str, problems: list[ShardProblem] | None = None) -> Itera
     A truncated or corrupt tar yields what it could read (a sample cut by the damage is not
     yielded) and appends a ShardProblem to `problems`; without a list it raises TarReadError.
     """
-    current: Sample | None = None
     with open(path, "rb") as f:
         try:
-            for name, data in iter_tar_members(f):
-                key, ext = split_member_name(name)
-                if current is not None and key != current.key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = Sample(key)
-                current.members[ext] = data
+            for key, members in KeyGroups(iter_tar_members(f), lambda m: m[0]):
+                yield Sample(key, {split_member_name(name)[1]: data for name, data in members})
         except TarReadError as e:
             if problems is None:
                 raise
             problems.append(ShardProblem(path, e.reason, e.members_read))
-            return  # the sample being read when the tar broke may be incomplete: drop it
-    if current is not None:
-        yield current
+            # the sample being read when the tar broke may be incomplete: it is not yielded
 
 
 def list_tars(folder: str) -> list[str]:

@@ -140,21 +140,10 @@ def _http():
     return _filesystems[key]
 
 
-def _fs(path: str):
-    if path.startswith("s3://"):
-        return _s3()
-    return _http() if is_url(path) else _oss()
-
-
 def backend(path: str):
     """The filesystem object behind a remote path (s3fs or vdp.oss), for the rare operation not
     wrapped here (vdp.debris lists and aborts unfinished uploads)."""
-    return _fs(path)
-
-
-def _retrying(path: str, fn: Callable):
-    """with_retries with the attempt budget of `path`'s kind of storage."""
-    return with_retries(fn, attempts=_config.http_attempts if is_url(path) else None)
+    return _store(path).fs()
 
 
 def _usage_error(message: str) -> Exception:
@@ -177,102 +166,6 @@ def with_retries(fn: Callable, what: str = "", attempts: int | None = None):
                 raise
             time.sleep(random.uniform(0, min(_config.backoff_cap, _config.backoff * 2**attempt)))
     raise AssertionError("unreachable")
-
-
-# --- the operations --------------------------------------------------------------------------
-
-
-def exists(path: str) -> bool:
-    if not is_remote(path):
-        return os.path.exists(path)
-    return _retrying(path, lambda: _fs(path).exists(path))
-
-
-def isdir(path: str) -> bool:
-    if not is_remote(path):
-        return os.path.isdir(path)
-    return _retrying(path, lambda: _fs(path).isdir(path))
-
-
-def size(path: str) -> int:
-    if not is_remote(path):
-        return os.path.getsize(path)
-    return _retrying(path, lambda: int(_fs(path).size(path)))
-
-
-def stat(path: str, missing_ok: bool = True) -> tuple[str, int] | None:
-    """("file", size) or ("directory", 0), or None when nothing is there: one request remotely.
-
-    With `missing_ok=False` nothing there raises FileNotFoundError instead, which for a URL
-    tells the HTTP status (404 or 410). A URL whose server tells no length is read to count it.
-    """
-    if not is_remote(path):
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            if missing_ok:
-                return None
-            raise
-        return ("directory", 0) if os.path.isdir(path) else ("file", st.st_size)
-
-    def ask():
-        try:
-            info = _fs(path).info(path)
-        except FileNotFoundError:
-            if missing_ok:
-                return None
-            raise
-        return ("directory", 0) if info.get("type") == "directory" else ("file", int(info.get("size") or 0))
-
-    return _retrying(path, ask)
-
-
-def read_bytes(path: str) -> bytes:
-    if not is_remote(path):
-        with open(path, "rb") as f:
-            return f.read()
-    return _retrying(path, lambda: _fs(path).cat_file(path))
-
-
-def open_read(path: str, whole_below: int = 64 * 1024 * 1024, known_size: int | None = None):
-    """A seekable binary file object for PyAV, tarfile or json.
-
-    A remote object smaller than `whole_below` is read in one request into memory (one round
-    trip beats the many small ranged reads a demuxer makes); a larger one is streamed with
-    large read-ahead blocks (for a URL: ranged GETs, each retried). Nothing is staged on disk.
-    """
-    if not is_remote(path):
-        return open(path, "rb")
-    fs = _fs(path)
-    n = size(path) if known_size is None else known_size
-    if n < whole_below:
-        return io.BytesIO(read_bytes(path))
-    if is_url(path):
-        return fs.open(path, n, block_size=16 * 1024 * 1024)
-    return with_retries(lambda: fs.open(path, "rb", block_size=16 * 1024 * 1024, cache_type="readahead"))
-
-
-def open_text(path: str, encoding: str = "utf-8", newline: str | None = None):
-    if not is_remote(path):
-        return open(path, encoding=encoding, errors="replace", newline=newline)
-    return io.TextIOWrapper(io.BytesIO(read_bytes(path)), encoding=encoding, errors="replace", newline=newline)
-
-
-def list_files(prefix: str, suffix: str = "") -> list[str]:
-    """Every file below `prefix` ending in `suffix`, sorted; hidden names are left out."""
-    if not is_remote(prefix):
-        out = []
-        for root, dirs, files in os.walk(prefix):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            out += [os.path.join(root, f) for f in files if f.endswith(suffix) and not f.startswith(".")]
-        return sorted(out)
-    if is_url(prefix):
-        raise _usage_error(f"cannot list {prefix}: an http(s) URL names one file, not a folder")
-    fs = _fs(prefix)
-    scheme = prefix.split("://", 1)[0] + "://"
-    found = with_retries(lambda: fs.find(prefix.rstrip("/")))
-    paths = [p if p.startswith(scheme) else scheme + p for p in found]
-    return sorted(p for p in paths if p.endswith(suffix) and not any(part.startswith(".") for part in p[len(prefix):].split("/")))
 
 
 class OutputError(OSError):
@@ -352,21 +245,6 @@ def _write_local(path: str, fill: Callable) -> None:
             os.unlink(tmp)
 
 
-def write_stream_atomically(path: str, fill: Callable) -> None:
-    """Call `fill(file)`; `path` appears only if it returns, complete, never half-written.
-
-    Local: a hidden temp file beside `path` (locked while written), fsync, rename; a full disk or
-    a folder that cannot be written raises OutputError naming `path`. Remote: a multipart upload
-    that is completed only after `fill` returns and aborted if it raises.
-    """
-    if not is_remote(path):
-        _write_local(path, fill)
-        return
-    if is_url(path):
-        raise _usage_error(f"cannot write to {path}: http(s) URLs are read-only inputs")
-    _fs(path).write_atomically(path, fill) if path.startswith("oss://") else _s3_write(path, fill)
-
-
 def _s3_write(path: str, fill: Callable) -> None:
     def attempt() -> None:
         f = _s3().open(path, "wb", block_size=16 * 1024 * 1024)
@@ -382,15 +260,272 @@ def _s3_write(path: str, fill: Callable) -> None:
     attempt() if not getattr(fill, "replayable", False) else with_retries(attempt)
 
 
+# --- one store per kind of path --------------------------------------------------------------
+# A path's scheme picks its store once (`_store`); each public operation below is one call to
+# it, so how local files, S3, OSS and URLs differ is said in one place per store, not in an
+# `if is_remote` branch of every function.
+
+
+class _Local:
+    """Files on this machine, through the os module; nothing is retried (a local error is not transient)."""
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def size(self, path: str) -> int:
+        return os.path.getsize(path)
+
+    def stat(self, path: str, missing_ok: bool) -> tuple[str, int] | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if missing_ok:
+                return None
+            raise
+        return ("directory", 0) if os.path.isdir(path) else ("file", st.st_size)
+
+    def read_bytes(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def open_read(self, path: str, whole_below: int, known_size: int | None):
+        return open(path, "rb")
+
+    def open_text(self, path: str, encoding: str, newline: str | None):
+        return open(path, encoding=encoding, errors="replace", newline=newline)
+
+    def list_files(self, prefix: str, suffix: str) -> list[str]:
+        out = []
+        for root, dirs, files in os.walk(prefix):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            out += [os.path.join(root, f) for f in files if f.endswith(suffix) and not f.startswith(".")]
+        return sorted(out)
+
+    def write_stream(self, path: str, fill: Callable) -> None:
+        _write_local(path, fill)
+
+    def write_bytes(self, path: str, fill: Callable) -> None:
+        write_stream_atomically(path, fill)  # a local write is not retried: its errors are the disk's
+
+    def check_output_folder(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(f"no write permission on {path}")
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+
+class _Remote:
+    """An object store behind an fsspec-style filesystem; every request is retried on transient faults."""
+
+    def fs(self):
+        raise NotImplementedError
+
+    def attempts(self) -> int | None:
+        """Tries per whole operation; None: the configured default (read when called: tests change it)."""
+        return None
+
+    def _retrying(self, fn: Callable):
+        return with_retries(fn, attempts=self.attempts())
+
+    def exists(self, path: str) -> bool:
+        return self._retrying(lambda: self.fs().exists(path))
+
+    def isdir(self, path: str) -> bool:
+        return self._retrying(lambda: self.fs().isdir(path))
+
+    def size(self, path: str) -> int:
+        return self._retrying(lambda: int(self.fs().size(path)))
+
+    def stat(self, path: str, missing_ok: bool) -> tuple[str, int] | None:
+        def ask():
+            try:
+                info = self.fs().info(path)
+            except FileNotFoundError:
+                if missing_ok:
+                    return None
+                raise
+            return ("directory", 0) if info.get("type") == "directory" else ("file", int(info.get("size") or 0))
+
+        return self._retrying(ask)
+
+    def read_bytes(self, path: str) -> bytes:
+        return self._retrying(lambda: self.fs().cat_file(path))
+
+    def open_read(self, path: str, whole_below: int, known_size: int | None):
+        # Through the module's size and read_bytes, which tests may replace.
+        n = size(path) if known_size is None else known_size
+        if n < whole_below:
+            return io.BytesIO(read_bytes(path))
+        return self._open_stream(path, n)
+
+    def _open_stream(self, path: str, n: int):
+        fs = self.fs()
+        return with_retries(lambda: fs.open(path, "rb", block_size=16 * 1024 * 1024, cache_type="readahead"))
+
+    def open_text(self, path: str, encoding: str, newline: str | None):
+        return io.TextIOWrapper(io.BytesIO(read_bytes(path)), encoding=encoding, errors="replace", newline=newline)
+
+    def list_files(self, prefix: str, suffix: str) -> list[str]:
+        fs = self.fs()
+        scheme = prefix.split("://", 1)[0] + "://"
+        found = with_retries(lambda: fs.find(prefix.rstrip("/")))
+        paths = [p if p.startswith(scheme) else scheme + p for p in found]
+        return sorted(p for p in paths if p.endswith(suffix) and not _hidden_below(prefix, p))
+
+    def write_stream(self, path: str, fill: Callable) -> None:
+        raise NotImplementedError
+
+    def write_bytes(self, path: str, fill: Callable) -> None:
+        with_retries(lambda: write_stream_atomically(path, fill))  # `fill` is replayable: a failed upload is redone
+
+    def bucket_exists(self, bucket: str) -> bool:
+        raise NotImplementedError
+
+    def check_output_folder(self, path: str) -> None:
+        from vdp.errors import UsageError  # vdp.errors writes through this module
+
+        scheme, rest = path.split("://", 1)
+        bucket = rest.split("/", 1)[0]
+        if not with_retries(lambda: self.bucket_exists(bucket)):
+            raise UsageError(f"bucket not found: {scheme}://{bucket} (for {path})")
+
+    def makedirs(self, path: str) -> None:
+        pass  # an object store has no folders: a key's prefix exists once an object is under it
+
+
+def _hidden_below(prefix: str, path: str) -> bool:
+    """A hidden name (temp files, .nv-meta) anywhere in `path` below `prefix`."""
+    return any(part.startswith(".") for part in path[len(prefix) :].split("/"))
+
+
+class _S3(_Remote):
+    """s3:// through s3fs: a write is a multipart upload, aborted when `fill` raises."""
+
+    def fs(self):
+        return _s3()
+
+    def write_stream(self, path: str, fill: Callable) -> None:
+        _s3_write(path, fill)
+
+    def bucket_exists(self, bucket: str) -> bool:
+        return _s3().exists(f"s3://{bucket}")
+
+
+class _OSS(_Remote):
+    """oss:// through vdp.io.oss, which does its own atomic multipart write."""
+
+    def fs(self):
+        return _oss()
+
+    def write_stream(self, path: str, fill: Callable) -> None:
+        _oss().write_atomically(path, fill)
+
+    def bucket_exists(self, bucket: str) -> bool:
+        return _oss().bucket_exists(bucket)
+
+
+class _HTTP(_Remote):
+    """http(s):// URLs: read-only inputs, naming one file each; ranged GETs, each retried, for a stream."""
+
+    def fs(self):
+        return _http()
+
+    def attempts(self) -> int | None:
+        return _config.http_attempts  # no request-level retries below, so more of these
+
+    def _open_stream(self, path: str, n: int):
+        return self.fs().open(path, n, block_size=16 * 1024 * 1024)
+
+    def list_files(self, prefix: str, suffix: str) -> list[str]:
+        raise _usage_error(f"cannot list {prefix}: an http(s) URL names one file, not a folder")
+
+    def write_stream(self, path: str, fill: Callable) -> None:
+        raise _usage_error(f"cannot write to {path}: http(s) URLs are read-only inputs")
+
+    def check_output_folder(self, path: str) -> None:
+        self.write_stream(path, lambda f: None)
+
+
+_LOCAL = _Local()
+_STORES = {"s3://": _S3(), "oss://": _OSS(), "http://": _HTTP(), "https://": _HTTP()}
+
+
+def _store(path: str) -> _Local | _Remote:
+    """The store a path's scheme names; a path without a remote scheme is a local file."""
+    for scheme, store in _STORES.items():
+        if str(path).startswith(scheme):
+            return store
+    return _LOCAL
+
+
+# --- the operations --------------------------------------------------------------------------
+
+
+def exists(path: str) -> bool:
+    return _store(path).exists(path)
+
+
+def isdir(path: str) -> bool:
+    return _store(path).isdir(path)
+
+
+def size(path: str) -> int:
+    return _store(path).size(path)
+
+
+def stat(path: str, missing_ok: bool = True) -> tuple[str, int] | None:
+    """("file", size) or ("directory", 0), or None when nothing is there: one request remotely.
+
+    With `missing_ok=False` nothing there raises FileNotFoundError instead, which for a URL
+    tells the HTTP status (404 or 410). A URL whose server tells no length is read to count it.
+    """
+    return _store(path).stat(path, missing_ok)
+
+
+def read_bytes(path: str) -> bytes:
+    return _store(path).read_bytes(path)
+
+
+def open_read(path: str, whole_below: int = 64 * 1024 * 1024, known_size: int | None = None):
+    """A seekable binary file object for PyAV, tarfile or json.
+
+    A remote object smaller than `whole_below` is read in one request into memory (one round
+    trip beats the many small ranged reads a demuxer makes); a larger one is streamed with
+    large read-ahead blocks (for a URL: ranged GETs, each retried). Nothing is staged on disk.
+    """
+    return _store(path).open_read(path, whole_below, known_size)
+
+
+def open_text(path: str, encoding: str = "utf-8", newline: str | None = None):
+    return _store(path).open_text(path, encoding, newline)
+
+
+def list_files(prefix: str, suffix: str = "") -> list[str]:
+    """Every file below `prefix` ending in `suffix`, sorted; hidden names are left out."""
+    return _store(prefix).list_files(prefix, suffix)
+
+
+def write_stream_atomically(path: str, fill: Callable) -> None:
+    """Call `fill(file)`; `path` appears only if it returns, complete, never half-written.
+
+    Local: a hidden temp file beside `path` (locked while written), fsync, rename; a full disk or
+    a folder that cannot be written raises OutputError naming `path`. Remote: a multipart upload
+    that is completed only after `fill` returns and aborted if it raises.
+    """
+    _store(path).write_stream(path, fill)
+
+
 def write_bytes_atomically(path: str, data: bytes) -> None:
     def fill(f) -> None:
         f.write(data)
 
     fill.replayable = True  # type: ignore[attr-defined]
-    if is_remote(path):
-        with_retries(lambda: write_stream_atomically(path, fill))
-    else:
-        write_stream_atomically(path, fill)
+    _store(path).write_bytes(path, fill)
 
 
 def check_output_folder(path: str) -> None:
@@ -403,21 +538,7 @@ def check_output_folder(path: str) -> None:
     from vdp.errors import UsageError  # vdp.errors writes through this module
 
     try:
-        if not is_remote(path):
-            os.makedirs(path, exist_ok=True)
-            if not os.access(path, os.W_OK | os.X_OK):
-                raise PermissionError(f"no write permission on {path}")
-            return
-        if is_url(path):
-            raise UsageError(f"cannot write to {path}: http(s) URLs are read-only inputs")
-        scheme, rest = path.split("://", 1)
-        bucket = rest.split("/", 1)[0]
-        if scheme == "s3":
-            found = with_retries(lambda: _s3().exists(f"s3://{bucket}"))
-        else:
-            found = with_retries(lambda: _oss().bucket_exists(bucket))
-        if not found:
-            raise UsageError(f"bucket not found: {scheme}://{bucket} (for {path})")
+        _store(path).check_output_folder(path)
     except UsageError:
         raise
     except Exception as e:  # the user's to fix: a path, a permission, an endpoint or credentials
@@ -425,5 +546,4 @@ def check_output_folder(path: str) -> None:
 
 
 def makedirs(path: str) -> None:
-    if not is_remote(path):
-        os.makedirs(path, exist_ok=True)
+    _store(path).makedirs(path)

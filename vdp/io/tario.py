@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
 
 from vdp.errors import jsonl_bytes
 from vdp.io import storage
@@ -96,52 +97,20 @@ class TarReadError(Exception):
         self.members_read = members_read
 
 
-def iter_tar_entries(fileobj) -> Iterator[tuple[str, bytes, int]]:
-    """Yield (name, bytes, offset of the data in the file) for each regular file, in order.
-
-    The offset lets a reader drop a member's bytes and read them again later with one seek
-    (the tokenizer keeps only offsets of images while it plans its packing). Raises
-    TarReadError (after yielding what was readable) when the tar is truncated or corrupt.
-    """
-    count = 0
-    try:
-        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                f = tar.extractfile(info)
-                data = f.read() if f is not None else b""
-                if len(data) != info.size:
-                    raise TarReadError(f"member {info.name} truncated", count)
-                count += 1
-                yield info.name, data, info.offset_data
-            _check_clean_end(fileobj, tar.offset, count)
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise TarReadError(f"corrupt tar: {e}", count) from None
-
-
-def _check_clean_end(fileobj, offset: int, count: int) -> None:
-    """Raise when non-zero bytes follow the last readable header.
-
-    tarfile ends the member list silently at a damaged header (bad checksum, a header cut
-    short), so without this check a corrupt tar would lose its later members unnoticed.
-    A sound tar has only zero blocks there. Streams that cannot seek are not checked.
-    """
-    if not (hasattr(fileobj, "seekable") and fileobj.seekable()):
-        return
-    fileobj.seek(offset)
-    while chunk := fileobj.read(1 << 20):
-        if chunk.count(0) != len(chunk):
-            raise TarReadError(f"corrupt tar: unreadable header at byte {offset}", count)
-
-
 def iter_tar_members(fileobj) -> Iterator[Member]:
-    """Yield (name, bytes) for each regular file of a tar stream, in order.
+    """Yield (name, bytes) for each regular file of a seekable tar, in order.
 
-    Raises TarReadError (after yielding what was readable) when the tar is truncated or corrupt.
+    The tar is walked by the one index reader both stages use (vdp.io.tarslices.iter_tar_index),
+    so every reader agrees on what a tar holds and where it breaks; a member it refuses (a link,
+    a device, an unsafe name) is passed over. Raises TarReadError (after yielding what was
+    readable) when the tar is truncated or corrupt.
     """
-    for name, data, _ in iter_tar_entries(fileobj):
-        yield name, data
+    # Imported here: vdp.io.tarslices builds on this module's writer and TarReadError.
+    from vdp.io.tarslices import iter_tar_index, read_member
+
+    for count, entry in enumerate(iter_tar_index(fileobj), 1):
+        if not entry.problem:
+            yield entry.name, read_member(fileobj, entry, count)
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -149,3 +118,31 @@ def split_member_name(name: str) -> tuple[str, str]:
     folder, base = os.path.split(name)
     key, _, ext = base.partition(".")
     return (os.path.join(folder, key) if folder else key), ext
+
+
+T = TypeVar("T")
+
+
+class KeyGroups(Generic[T]):
+    """Consecutive members sharing a key, as webdataset groups them into samples: (key, members).
+
+    The one grouping every reader uses (stage 2's frame samples, stage 3's scan, `iter_samples`).
+    When the source raises (a broken tar, a store fault) the exception propagates unchanged and
+    `key` names the sample being gathered: the one the damage cut short ("" before any member).
+    """
+
+    def __init__(self, members: Iterable[T], name_of: Callable[[T], str]) -> None:
+        self.members, self.name_of = members, name_of
+        self.key = ""
+
+    def __iter__(self) -> Iterator[tuple[str, list[T]]]:
+        group: list[T] = []
+        for member in self.members:
+            key = split_member_name(self.name_of(member))[0]
+            if group and key != self.key:
+                yield self.key, group
+                group = []
+            self.key = key
+            group.append(member)
+        if group:
+            yield self.key, group

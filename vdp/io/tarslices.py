@@ -18,11 +18,11 @@ import os
 import re
 import tarfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from vdp.io import storage
-from vdp.io.tario import TarReadError, _check_clean_end, _member_info, write_stream_atomically
+from vdp.io.tario import TarReadError, _member_info, write_stream_atomically
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def iter_tar_index(fileobj) -> Iterator[Entry]:
         entry, offset = read
         if entry is None:
             continue  # a directory
-        if (entry.problem or entry.size > MAX_MEMBER_BYTES) and hasattr(fileobj, "skip"):
+        if hasattr(fileobj, "skip") and not fileobj.reads_whole(entry):
             fileobj.skip(entry.offset, offset)  # a stream need not keep what no one reads whole
         count += 1
         yield entry
@@ -155,8 +155,12 @@ def iter_tar_index(fileobj) -> Iterator[Entry]:
 
 
 def _check_end(fileobj, offset: int, count: int) -> None:
-    """Raise when non-zero bytes follow the last readable header (vdp.io.tario's check, chunk by chunk,
-    and without a stream keeping what it reads: a tar may end in gigabytes of padding)."""
+    """Raise when non-zero bytes follow the last readable header.
+
+    tarfile ends the member list silently at a damaged header (bad checksum, a header cut
+    short), so without this check a corrupt tar would lose its later members unnoticed; a
+    sound tar has only zero blocks there. Read chunk by chunk, and without a stream keeping
+    what it reads: a tar may end in gigabytes of padding."""
     chunks = fileobj.chunks_from(offset) if isinstance(fileobj, _StreamWindow) else _file_chunks(fileobj, offset)
     for chunk in chunks:
         if chunk.count(0) != len(chunk):
@@ -322,7 +326,7 @@ def _tarfile_index(fileobj, start: int = 0, count: int = 0) -> Iterator[Entry]:
                 if info.isfile():
                     count += 1
                     yield Entry(info.name, info.offset_data, info.size)
-            _check_clean_end(fileobj, tar.offset, count)
+            _check_end(fileobj, tar.offset, count)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise TarReadError(f"corrupt tar: {e}", count) from None
 
@@ -331,6 +335,8 @@ def read_member(fileobj, entry: Entry, count: int = 0) -> bytes:
     """A member's bytes, read in chunks: a header that claims more than the file holds costs only what is there.
 
     TarReadError when the file ends first. The caller checks the size against its limit first.
+    A remote tar's window drops each chunk once read: no reader takes a member twice, and a
+    video of a gigabyte would otherwise be held twice (in the window and in the result).
     """
     fileobj.seek(entry.offset)
     chunks, left = [], entry.size
@@ -340,6 +346,8 @@ def read_member(fileobj, entry: Entry, count: int = 0) -> bytes:
             raise TarReadError(f"corrupt tar: member {entry.name} cut short (unexpected end of data)", count)
         chunks.append(chunk)
         left -= len(chunk)
+        if isinstance(fileobj, _StreamWindow):
+            fileobj.forget_before(fileobj.tell())
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)  # b"" for an empty member
 
 
@@ -358,6 +366,11 @@ class StoreFault(Exception):
     """
 
 
+def _json_and_frames(name: str) -> int:
+    """What stage 2 reads whole of any member: a json or a frame, never a video."""
+    return MAX_MEMBER_BYTES
+
+
 class _StreamWindow:
     """A remote tar read front to back once, as a seekable file over the part still needed.
 
@@ -373,13 +386,18 @@ class _StreamWindow:
 
     CHUNK = 4 * 1024 * 1024  # what one pull asks the stream for (it reads ahead in larger blocks)
 
-    def __init__(self, stream, size: int, path: str) -> None:
+    def __init__(self, stream, size: int, path: str, limit: Callable[[str], int] = _json_and_frames) -> None:
         self.stream, self.size, self.path = stream, size, path
+        self.limit = limit  # the most bytes its reader takes whole of a member, by name
         self.runs: list[tuple[int, bytearray]] = []  # what is kept: (offset in the object, bytes), in order
         self.skips: list[tuple[int, int]] = []  # [start, end) ranges dropped as they stream by
         self.have = 0  # bytes taken from the stream so far
         self.base = 0  # nothing before it is kept
         self.pos = 0
+
+    def reads_whole(self, entry: Entry) -> bool:
+        """Whether the reader may take this member's bytes: if not, they are dropped as they stream by."""
+        return not entry.problem and entry.size <= self.limit(entry.name)
 
     def skip(self, start: int, end: int) -> None:
         """No one will read [start, end): do not keep it."""
@@ -469,13 +487,13 @@ class _StreamWindow:
         self.stream.close()
 
 
-def _open_remote(path: str) -> _StreamWindow:
+def _open_remote(path: str, limit: Callable[[str], int]) -> _StreamWindow:
     """The remote tar through storage.open_read; a missing or forbidden object stays an OSError
     (reported, like an unreadable local file), a fault that outlived the retries is StoreFault
-    (the group is done again later)."""
+    (stage 2 does the group again later, stage 3 reports the tar unreadable)."""
     try:
         size = storage.size(path)
-        return _StreamWindow(storage.open_read(path, known_size=size), size, path)
+        return _StreamWindow(storage.open_read(path, known_size=size), size, path, limit)
     except Exception as e:
         if isinstance(e, OSError) and not storage.is_transient(e):
             raise
@@ -488,13 +506,15 @@ class InputTar:
     A local file is read with pread (no shared file position) and its slices are later copied
     by the kernel; a remote object is read through `storage.open_read` (in memory below 64 MB,
     ranged read-ahead above) once, front to back (_StreamWindow). Opening raises OSError when
-    the tar cannot be read at all.
+    the tar cannot be read at all. `limit` gives, by member name, the most bytes the reader
+    takes whole (stage 2: jsons and frames; stage 3: `member_limit`, videos included).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, limit: Callable[[str], int] = _json_and_frames) -> None:
         self.path = path
         self.local = not storage.is_remote(path)
-        self.file = open(path, "rb") if self.local else _open_remote(path)
+        self.file = open(path, "rb") if self.local else _open_remote(path, limit)
+        self.size = os.fstat(self.file.fileno()).st_size if self.local else self.file.size
 
     def read(self, offset: int, size: int) -> bytes:
         if self.local:

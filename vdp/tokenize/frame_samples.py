@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from vdp.errors import RecordError, error_entry
-from vdp.io.tario import TarReadError, split_member_name
+from vdp.io.tario import KeyGroups, TarReadError
 from vdp.io.tarslices import MAX_FRAME_PIXELS, Entry, InputTar, iter_tar_index, too_large
 from vdp.media.jpeg import check_jpeg_end, jpeg_header_size
 
@@ -87,21 +87,16 @@ class _CutShort(Exception):
 
 
 def _group_by_key(entries: Iterator[Entry]) -> Iterator[_Grouped]:
-    """Consecutive members sharing a key form one sample, as webdataset groups them."""
-    current: _Grouped | None = None
+    """Members grouped into samples by key (vdp.io.tario.KeyGroups); a break names the sample it cut."""
+    groups = KeyGroups(entries, lambda entry: entry.name)
     try:
-        for entry in entries:
-            key = split_member_name(entry.name)[0]
-            if current is not None and key != current.key:
-                yield current
-                current = None
-            if current is None:
-                current = _Grouped(key)
-            current.add(entry)
+        for key, members in groups:
+            grouped = _Grouped(key)
+            for entry in members:
+                grouped.add(entry)
+            yield grouped
     except TarReadError as e:
-        raise _CutShort(e, current.key if current else "") from None
-    if current is not None:
-        yield current
+        raise _CutShort(e, groups.key) from None
 
 
 def _legacy_frame_of(head: _Grouped, key: str, files: dict) -> bool:
