@@ -41,10 +41,11 @@ import numpy as np  # noqa: E402
 
 from bench.ceiling import cpu_ceiling, spin_seconds  # noqa: E402
 from vdp.index.scan import ScanOptions  # noqa: E402
-from vdp.index.stage import Executor, run_scan  # noqa: E402
+from vdp.index.stage import run_scan  # noqa: E402
 from vdp.index.validate import CheckOptions  # noqa: E402
 from vdp.io.shards import list_tars  # noqa: E402
 from vdp.io.tario import write_tar_atomically  # noqa: E402
+from vdp.run.runner import RunContext  # noqa: E402
 
 VOCAB, PATCHES = 32000, 256
 
@@ -103,7 +104,7 @@ def best_of(repeat: int, fn) -> float:
 
 def scanner(tars: list[str], options: ScanOptions, workers: int, executor: str = "pool"):
     def go():
-        run = run_scan(tars, options, workers, 600, executor=Executor(executor))
+        run = run_scan(tars, options, RunContext(executor, workers), 600)
         assert not run.errors, run.errors[:3]
 
     return go

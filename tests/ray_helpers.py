@@ -6,14 +6,16 @@ from contextlib import contextmanager
 
 import pytest
 
+from vdp.run import runner
+
 
 @contextmanager
-def on_ray_only(stage_module):
-    """Every unit must be run by a Ray task: the stage's local redo of a failed task is refused."""
+def on_ray_only():
+    """Every unit must be run by a Ray task: the runner's local redo of a failed task is refused."""
 
-    def refuse(units, *_):
+    def refuse(work, units, *_):
         raise AssertionError(f"Ray tasks failed and were redone locally: {units}")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(stage_module, "_in_pool", refuse)
+        mp.setattr(runner, "_on_pool", refuse)
         yield

@@ -34,7 +34,9 @@ from vdp.index import stage as stage3
 from vdp.index.formats import energon_files, megatron_entries, wids_index
 from vdp.index.scan import ScanOptions
 from vdp.index.validate import CheckOptions
+from vdp.run import runner
 from vdp.run.pool import WorkFailure
+from vdp.run.runner import RunContext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "index", "main.py")
@@ -434,23 +436,23 @@ def test_a_failed_ray_task_is_scanned_again_locally(dataset, monkeypatch):
     """ray_map_units is replaced by an in-process stand-in whose task for one tar crashes: that tar
     is scanned again in the local pool, and every output is the pool run's."""
     redone = []
-    real_in_pool = stage3._in_pool
+    real_in_pool = runner._on_pool
 
     def ray_stand_in(fn, units, workers, address, deadline):
         for index, unit in reversed(list(enumerate(units))):  # out of order, as Ray finishes them
             yield index, WorkFailure("crash: ray task failed: WorkerCrashedError") if index == 1 else fn(unit)
 
-    def in_pool(tars, job, workers):
+    def in_pool(work, tars, context, feed=None):
         redone.extend(tars)
-        return real_in_pool(tars, job, workers)
+        return real_in_pool(work, tars, context, feed)
 
-    monkeypatch.setattr(stage3, "ray_map_units", ray_stand_in)
-    monkeypatch.setattr(stage3, "_in_pool", in_pool)
+    monkeypatch.setattr(runner, "ray_map_units", ray_stand_in)
+    monkeypatch.setattr(runner, "_on_pool", in_pool)
     tars = stage3.find_tars(dataset)
     options = ScanOptions(CheckOptions(patches=PATCHES, max_len=120), root=dataset)
-    on_ray = stage3.run_scan(tars, options, 2, 60, executor=stage3.Executor("ray"))
+    on_ray = stage3.run_scan(tars, options, RunContext("ray", 2), 60)
     assert redone == [tars[1]]
-    pool = stage3.run_scan(tars, options, 2, 60)
+    pool = stage3.run_scan(tars, options, RunContext("pool", 2), 60)
     assert [s.path for s in on_ray.scans] == tars
     assert on_ray.errors == pool.errors
     assert megatron_entries(on_ray.scans) == megatron_entries(pool.scans)

@@ -14,7 +14,6 @@ from tests.test_index import PATCHES, write_defect_dataset
 from tests.test_index_s3 import comparable, download_tree, upload_tree
 from vdp.cli import check_pair
 from vdp.cli import index as index_main
-from vdp.index import stage as stage3
 from vdp.io import storage
 
 ray = pytest.importorskip("ray")
@@ -34,7 +33,7 @@ def test_ray_index_is_the_pools(tmp_path, ray_local):
              "--workers", "2", "--energon"]  # fmt: skip
     assert index_main.main([*flags, "--output", str(tmp_path / "pool")]) == 1
     pool_energon = energon_files(dataset)
-    with on_ray_only(stage3):
+    with on_ray_only():
         assert index_main.main([*flags, "--output", str(tmp_path / "ray"), "--executor", "ray"]) == 1
     assert tree_files(str(tmp_path / "ray")) == tree_files(str(tmp_path / "pool"))
     assert energon_files(dataset) == pool_energon and ".nv-meta/.info.json" in pool_energon
@@ -47,7 +46,7 @@ def test_ray_check_pair_decodes_and_dumps_as_the_pool(tmp_path, ray_local):
     flags = ["--dataset_path", str(tmp_path / "d"), "--dataset_name", "ds", "--patches", str(PATCHES),
              "--tokenizer", model, "--dump", "3", "--workers", "2"]  # fmt: skip
     assert check_pair.main([*flags, "--out", str(tmp_path / "pool")]) == 1
-    with on_ray_only(stage3):
+    with on_ray_only():
         assert check_pair.main([*flags, "--out", str(tmp_path / "ray"), "--executor", "ray"]) == 1
     pool, on_ray = tree_files(str(tmp_path / "pool")), tree_files(str(tmp_path / "ray"))
     assert sorted(on_ray) == sorted(pool) and len([n for n in pool if n.endswith("text.txt")]) == 3
@@ -62,7 +61,7 @@ def test_ray_tasks_read_an_s3_dataset(tmp_path, ray_local):
     dataset = write_defect_dataset(str(tmp_path / "d"))
     flags = ["--dataset_name", "ds", "--patches", str(PATCHES), "--max_len", "120", "--workers", "2"]
     assert index_main.main(["--dataset_path", dataset, "--output", str(tmp_path / "pool"), *flags]) == 1
-    with moto_server() as endpoint, on_ray_only(stage3):
+    with moto_server() as endpoint, on_ray_only():
         make_bucket(endpoint, "rayidx")
         upload_tree(endpoint, dataset, "s3://rayidx/set")
         rc = index_main.main(["--dataset_path", "s3://rayidx/set", "--output", "s3://rayidx/idx",

@@ -15,8 +15,8 @@ from tests.stage1_fixtures import train_llama_like_tokenizer, write_stage1_corpu
 from tests.test_index_s3 import download_tree, upload_tree
 from tests.test_tokenize import tokenize_main, tree_bytes
 from vdp.io import storage
+from vdp.run import runner
 from vdp.run.pool import WorkFailure
-from vdp.tokenize import stage as stage2
 
 ray = pytest.importorskip("ray")
 
@@ -40,7 +40,7 @@ def run(corpus: str, model: str, out: str, *extra: str) -> int:
 def test_ray_writes_the_pools_bytes(inputs, tmp_path, ray_local):
     corpus, model = inputs
     assert run(corpus, model, str(tmp_path / "pool")) == 1
-    with on_ray_only(stage2):
+    with on_ray_only():
         assert run(corpus, model, str(tmp_path / "ray"), "--executor", "ray") == 1
     pool, on_ray = tree_bytes(str(tmp_path / "pool")), tree_bytes(str(tmp_path / "ray"))
     assert sorted(pool) == ["0-6/shard_0.tar", "0-6/shard_1.tar", "0-6/shard_2.tar", "errors.jsonl"]
@@ -52,7 +52,7 @@ def test_ray_tasks_read_and_write_s3(inputs, tmp_path, ray_local):
     corpus, model = inputs
     assert run(corpus, model, str(tmp_path / "pool")) == 1
     pool = tree_bytes(str(tmp_path / "pool"))
-    with moto_server() as endpoint, on_ray_only(stage2):
+    with moto_server() as endpoint, on_ray_only():
         make_bucket(endpoint, "raytok")
         upload_tree(endpoint, corpus, "s3://raytok/stage1")
         upload_tree(endpoint, os.path.dirname(model), "s3://raytok/tok")
@@ -77,14 +77,14 @@ def test_a_failed_task_is_redone_on_the_driver(inputs, tmp_path, monkeypatch):
             yield index, WorkFailure("crash: ray task failed: WorkerCrashedError") if index == 1 else fn(unit)
 
     redone = []
-    in_pool = stage2._in_pool
+    in_pool = runner._on_pool
 
-    def spy(jobs, options, ex):
+    def spy(work, jobs, context, feed=None):
         redone.extend(j.index for j in jobs)
-        return in_pool(jobs, options, ex)
+        return in_pool(work, jobs, context, feed)
 
-    monkeypatch.setattr(stage2, "ray_map_units", fake_ray)
-    monkeypatch.setattr(stage2, "_in_pool", spy)
+    monkeypatch.setattr(runner, "ray_map_units", fake_ray)
+    monkeypatch.setattr(runner, "_on_pool", spy)
     assert run(corpus, model, str(tmp_path / "ray"), "--executor", "ray") == 1
     assert redone == [1]
     assert tree_bytes(str(tmp_path / "ray")) == tree_bytes(str(tmp_path / "pool"))

@@ -21,7 +21,7 @@ import argparse
 import sys
 
 from vdp.cli.common import exits_on_output_error
-from vdp.cli.index_flags import add_common_flags, check_options, executor_of
+from vdp.cli.index_flags import add_common_flags, check_options, context_of
 from vdp.errors import EXIT_USAGE, UsageError
 from vdp.index.report import write_report
 from vdp.index.scan import ScanOptions, merge_picks
@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         from vdp.index.textwin import make_window_check
 
         extra = (make_window_check, (args.tokenizer, args.window))
-    run = run_scan(tars, options, args.workers, args.timeout, *extra, executor=executor_of(args),
-                   progress=not args.no_progress)
+    run = run_scan(tars, options, context_of(args), args.timeout, *extra, progress=not args.no_progress)
     if not args.tokenizer and any(s.tokens for s in run.scans):
         print("note: token windows not decoded: stage-2 samples found but no --tokenizer given", file=sys.stderr)
     if args.dump:

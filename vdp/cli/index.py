@@ -21,7 +21,7 @@ import argparse
 import sys
 
 from vdp.cli.common import exits_on_output_error
-from vdp.cli.index_flags import add_common_flags, check_options, executor_of
+from vdp.cli.index_flags import add_common_flags, check_options, context_of
 from vdp.errors import EXIT_USAGE, UsageError
 from vdp.index.formats import (
     default_url,
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     remove_stale_partials(final_paths(args, tars))  # what killed runs left
-    run = run_scan(tars, options, args.workers, args.timeout, executor=executor_of(args), progress=not args.no_progress)
+    run = run_scan(tars, options, context_of(args), args.timeout, progress=not args.no_progress)
     write_indexes(args, run.scans)
     return finish(run, "index", storage.join(args.output, f"{args.dataset_name}.errors.jsonl"))
 

@@ -6,9 +6,9 @@ import argparse
 
 from vdp.cli.common import add_run_flags
 from vdp.errors import UsageError
-from vdp.index.stage import Executor
 from vdp.index.validate import CheckOptions, ImageTokenIds
 from vdp.io.localcopy import local_copy
+from vdp.run.runner import RunContext
 
 
 def add_common_flags(p: argparse.ArgumentParser) -> None:
@@ -60,5 +60,5 @@ def check_options(args: argparse.Namespace, deep: bool) -> CheckOptions:
 
 
 
-def executor_of(args: argparse.Namespace) -> Executor:
-    return Executor(args.executor, args.ray_address, args.s3_endpoint)
+def context_of(args: argparse.Namespace) -> RunContext:
+    return RunContext(args.executor, args.workers, args.ray_address, args.s3_endpoint)

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from functools import partial
 
 import vdp.pack.datasets  # noqa: F401 (registers the built-in datasets)
 from vdp.cli.common import add_plugin_flag, add_run_flags, exits_on_output_error, load_plugins
@@ -34,14 +35,13 @@ from vdp.pack.stage import (
     init_worker,
     is_done,
     pack_record,
-    pack_tar,
     sidecar_path,
-    write_planned_tars,
+    tar_items,
+    write_unit,
 )
-from vdp.run.pool import WorkFailure, map_ordered
 from vdp.run.prefetch import prefetched
 from vdp.run.progress import Stopwatch, print_summary, progress_bar
-from vdp.run.ray import ray_map_units
+from vdp.run.runner import RunContext, Work, run_units
 
 EXAMPLES = """
 examples:
@@ -193,25 +193,20 @@ def check_same_flags(save_path: str, machine_id: int, flags: dict) -> str:
     return ""
 
 
-def run_on_ray(args, options: PackOptions, todo: list, items: list[WorkItem], bar) -> list[TarResult]:
-    """One Ray task per tar; a tar whose task failed is packed here, record by record."""
-    by_index = {it.index: it for it in items}
-    units = [
-        TarUnit(p, [by_index[i] for i in range(p.start, p.end)], options, args.save_path, args.timeout, args.s3_endpoint,
-                tuple(os.path.abspath(f) for f in args.plugin))
-        for p in todo
-    ]
-    written = []
-    for index, result in ray_map_units(pack_tar, units, args.workers, args.ray_address,
-                                       deadline=lambda u: len(u.items) * args.timeout + 60):
-        if isinstance(result, WorkFailure):
-            unit = units[index]
-            results = map_ordered(pack_record, unit.items, args.workers, args.timeout, init_worker, (options,))
-            result = next(write_planned_tars(args.save_path, [unit.plan], unit.items, results))
-        written.append(result)
-        if bar:
-            bar.update(result.plan.end - result.plan.start)
-    return written
+def pack_units(args, options: PackOptions, units: list[TarUnit], bar) -> list[TarResult]:
+    """Write every unfinished tar: its records on the pool, or the whole tar as one Ray task."""
+    work = Work(pack_record, args.timeout, init_worker, (options,), items=tar_items,
+                combine=partial(write_unit, args.save_path))
+    context = RunContext(args.executor, args.workers, args.ray_address, args.s3_endpoint,
+                         tuple(os.path.abspath(f) for f in args.plugin))
+
+    def tick(unit: TarUnit, result: TarResult) -> None:
+        bar.update(len(unit.items))
+
+    def fetched(items):  # remote videos read ahead by threads of the parent
+        return prefetched(items, fetch_ahead, lookahead=4 * args.workers, threads=8)
+
+    return list(run_units(work, units, context, tick if bar else None, fetched))
 
 
 @exits_on_output_error("pack.py")
@@ -256,18 +251,14 @@ def main(argv: list[str] | None = None) -> int:
 
     todo = [p for p in plans if not is_done(args.save_path, p)]
     root = video_root(args)
-    items = [
-        WorkItem(i, entries[i], resolve(entries[i].video_path, root) if isinstance(entries[i], Record) else "", root)
+    units = [
+        TarUnit(p, [WorkItem(i, entries[i], resolve(entries[i].video_path, root) if isinstance(entries[i], Record) else "", root)
+                    for i in range(p.start, p.end)])
         for p in todo
-        for i in range(p.start, p.end)
     ]
-    bar = progress_bar(len(items), "video", f"pack {args.type}") if not args.no_progress else None
-    if args.executor == "ray":
-        written = run_on_ray(args, options, todo, items, bar)
-    else:
-        ahead = prefetched(items, fetch_ahead, lookahead=4 * args.workers, threads=8)
-        results = map_ordered(pack_record, ahead, args.workers, args.timeout, init_worker, (options,))
-        written = list(write_planned_tars(args.save_path, todo, items, results, (lambda ok: bar.update(1)) if bar else None))
+    done_now = sum(len(u.items) for u in units)
+    bar = progress_bar(done_now, "video", f"pack {args.type}") if not args.no_progress else None
+    written = pack_units(args, options, units, bar)
     if bar:
         bar.close()
 
@@ -275,7 +266,6 @@ def main(argv: list[str] | None = None) -> int:
     errors_file = errors_path(args.save_path, args.machine_id)
     write_bytes_atomically(errors_file, jsonl_bytes(errors))
     seconds = clock.seconds
-    done_now = len(items)
     print_summary(
         "pack",
         {

@@ -27,20 +27,21 @@ from vdp.io.debris import remove_stale_partials
 from vdp.io.tario import write_bytes_atomically, write_errors_file
 from vdp.run.pool import WorkFailure
 from vdp.run.progress import Stopwatch, print_summary, progress_bar
+from vdp.run.runner import RunContext, Work, run_units
 from vdp.text.tokens import PLACEHOLDERS, TokenizerLoadError, load_tokenizer, tokenizer_problem
 from vdp.tokenize.packing import PACKERS
 from vdp.tokenize.stage import (
     STATE_DIR,
-    Executor,
     GroupJob,
     GroupResult,
     TokenizeOptions,
     collect_errors,
+    init_worker,
     is_done,
     list_input_tars,
     plan_groups,
     read_state,
-    run_groups,
+    run_group,
     shard_path,
     state_path,
     tar_range,
@@ -231,19 +232,26 @@ def run_todo(todo: list[GroupJob], options: TokenizeOptions, args: argparse.Name
         if args.no_progress
         else progress_bar(sum(len(j.tars) for j in todo), "tar", f"tokenize {args.sample_type}")
     )
-    executor = Executor(args.executor, args.workers, args.timeout, args.ray_address, args.s3_endpoint)
+    work = Work(run_group, args.timeout, init_worker, (options,))
+    context = RunContext(args.executor, args.workers, args.ray_address, args.s3_endpoint)
+    counts = {"sequences": 0, "errors": 0}  # the bar's figures, over groups in the order they finish
+
+    def tick(job: GroupJob, result: GroupResult | WorkFailure) -> None:
+        if isinstance(result, WorkFailure):
+            counts["errors"] += 1
+        else:
+            counts["sequences"] += result.sequences
+            counts["errors"] += len(result.errors)
+        bar.update(len(job.tars))
+        bar.set_postfix(**counts)
+
     fresh: list[GroupResult] = []
     failures: list[dict] = []
-    for job, result in run_groups(todo, options, executor):
+    for job, result in zip(todo, run_units(work, todo, context, tick if bar else None)):
         if isinstance(result, WorkFailure):
             failures.append(error_entry(f"shard_{job.index}", ",".join(job.names), f"worker failed: {result.reason}"))
         else:
             fresh.append(result)
-        if bar:
-            bar.update(len(job.tars))
-            bar.set_postfix(
-                sequences=sum(r.sequences for r in fresh), errors=sum(len(r.errors) for r in fresh) + len(failures)
-            )
     if bar:
         bar.close()
     return fresh, failures

@@ -1,7 +1,7 @@
 """Stage 3 run shared by vdp-index and vdp-check-pair: the parallel scan and the summary.
 
-The scan is one `scan_tar` per tar, in the worker pool or as Ray tasks, results in sorted tar
-order, so the errors file, the indexes and the dump are the same for any number of workers and
+The scan is one `scan_tar` per tar, in the worker pool or as Ray tasks (vdp.run.runner), results
+in sorted tar order, so the errors file, the indexes and the dump are the same for any number of workers and
 either executor. Tars may be local or on s3:// / oss:// (vdp.io.storage).
 """
 
@@ -12,15 +12,16 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 from vdp.errors import UsageError, reason_counts
 from vdp.index.scan import ExtraCheck, ScanOptions, TarScan, error_row, scan_tar, shard_name
 from vdp.io import storage
 from vdp.io.shards import list_tars
 from vdp.io.tario import write_errors_file
-from vdp.run.pool import WorkFailure, call_with_alarm, map_ordered
+from vdp.run.pool import WorkFailure
 from vdp.run.progress import Stopwatch, print_summary, progress_bar
-from vdp.run.ray import ray_map_units
+from vdp.run.runner import RunContext, Work, run_units
 
 MAX_NAMED = 50  # bad tars named on stderr; the errors file has them all
 
@@ -49,31 +50,12 @@ def _list_remote_tars(prefix: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Executor:
-    """Where the tars are scanned: `pool` (worker processes here) or `ray` (tasks, local Ray or a cluster)."""
-
-    kind: str = "pool"
-    ray_address: str | None = None
-    s3_endpoint: str | None = None  # Ray tasks configure their own storage; pool workers inherit the parent's
-
-
-@dataclass(frozen=True)
 class ScanJob:
     """What each tar's scan needs besides its path; pickles to pool workers and Ray tasks alike."""
 
     options: ScanOptions
-    timeout: float
     make_extra: Callable[..., ExtraCheck] | None = None  # builds check_pair's decoder where the scan runs
     extra_args: tuple = ()
-
-
-@dataclass(frozen=True)
-class ScanUnit:
-    """One tar for a Ray task, with everything needed to scan it on any node."""
-
-    path: str
-    job: ScanJob
-    s3_endpoint: str | None = None
 
 
 _JOB: ScanJob | None = None
@@ -92,7 +74,7 @@ def _extra(job: ScanJob) -> ExtraCheck | None:
 
 
 def init_worker(job: ScanJob) -> None:
-    """Pool initializer: the job once per worker, and check_pair's decoder built there.
+    """Worker initializer: the job once per worker, and check_pair's decoder built there.
 
     OpenCV's thread count is deliberately not touched here: in a child forked after the parent
     ran OpenCV, cv2.setNumThreads waits forever on the parent's (absent) thread pool.
@@ -106,14 +88,6 @@ def _scan_in_worker(path: str) -> TarScan:
     return scan_tar(path, _JOB.options, _extra(_JOB))
 
 
-def scan_unit(unit: ScanUnit) -> TarScan:
-    """A Ray task: the pool worker's code for one tar under the same alarm, so the same TarScan."""
-    storage.configure(unit.s3_endpoint)
-    job = unit.job
-    result = call_with_alarm(lambda path: scan_tar(path, job.options, _extra(job)), unit.path, job.timeout)
-    return _as_scan(unit.path, job.options.root, result)
-
-
 def _size_or_zero(path: str) -> int:
     try:
         return storage.size(path)
@@ -121,37 +95,14 @@ def _size_or_zero(path: str) -> int:
         return 0
 
 
-def _as_scan(path: str, root: str, result: TarScan | WorkFailure) -> TarScan:
+def _as_scan(root: str, path: str, results: Iterator[TarScan | WorkFailure]) -> TarScan:
     """A worker's result, or a broken-tar scan carrying the reason its worker hung or died."""
+    result = next(results)
     if not isinstance(result, WorkFailure):
         return result
     scan = TarScan(path, shard_name(path, root), size=_size_or_zero(path), broken=True)
     scan.errors.append(error_row(path, "", result.reason))
     return scan
-
-
-def _in_pool(tars: list[str], job: ScanJob, workers: int) -> Iterator[TarScan | WorkFailure]:
-    return map_ordered(_scan_in_worker, tars, workers, job.timeout, initializer=init_worker, initargs=(job,))
-
-
-def _on_ray(tars: list[str], job: ScanJob, workers: int, executor: Executor, done: Callable) -> list[TarScan]:
-    """One Ray task per tar; a tar whose task failed (crash, lost node, deadline) is scanned again here."""
-    units = [ScanUnit(path, job, executor.s3_endpoint) for path in tars]
-    scans: list = [None] * len(tars)
-    failed: list[int] = []
-    # The task's own alarm ends a slow scan at the timeout; the deadline catches a hang the alarm cannot.
-    tasks = ray_map_units(scan_unit, units, workers, executor.ray_address, deadline=lambda u: u.job.timeout + 60)
-    for index, result in tasks:
-        if isinstance(result, WorkFailure):
-            failed.append(index)
-        else:
-            scans[index] = done(result)
-    if failed:
-        failed.sort()
-        again = _in_pool([tars[i] for i in failed], job, workers)
-        for index, result in zip(failed, again):
-            scans[index] = done(_as_scan(tars[index], job.options.root, result))
-    return scans
 
 
 class _Progress:
@@ -210,22 +161,18 @@ class ScanRun:
 def run_scan(
     tars: list[str],
     options: ScanOptions,
-    workers: int,
+    context: RunContext,
     timeout: float,
     make_extra: Callable[..., ExtraCheck] | None = None,
     extra_args: tuple = (),
-    executor: Executor = Executor(),
     progress: bool = True,
 ) -> ScanRun:
     """Scan every tar; the scans come back in the order of `tars`, whatever the executor."""
     clock = Stopwatch()
-    job = ScanJob(options, timeout, make_extra, extra_args)
+    job = ScanJob(options, make_extra, extra_args)
+    work = Work(_scan_in_worker, timeout, init_worker, (job,), combine=partial(_as_scan, options.root))
     bar = _Progress(len(tars), clock, progress)
-    if executor.kind == "ray":
-        scans = _on_ray(tars, job, workers, executor, bar.done)
-    else:
-        results = _in_pool(tars, job, workers)
-        scans = [bar.done(_as_scan(path, options.root, r)) for path, r in zip(tars, results)]
+    scans = list(run_units(work, tars, context, lambda path, scan: bar.done(scan)))
     bar.close()
     return ScanRun(scans, clock.seconds)
 

@@ -29,8 +29,7 @@ from vdp.pack.locate import locate, needs_locating, resolve
 from vdp.pack.manifest import BadRow, Record
 from vdp.pack.plan import TarPlan, sample_key
 from vdp.pack.samplers import SAMPLERS, SamplerOptions
-from vdp.plugins import import_plugin
-from vdp.run.pool import TimeoutAlarm, WorkFailure, call_with_alarm
+from vdp.run.pool import TimeoutAlarm, WorkFailure
 
 STATE_DIR = ".pack"  # per-tar errors sidecars and the flags of the run, inside --save_path
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -262,7 +261,7 @@ class TarResult:
 
 
 def write_planned_tars(
-    save_path: str, plans: list[TarPlan], items: list[WorkItem], results: Iterator, on_record=None
+    save_path: str, plans: list[TarPlan], items: list[WorkItem], results: Iterator
 ) -> Iterator[TarResult]:
     """Consume `results` (one per item, in order) and write each planned tar when complete."""
     by_index = {it.index: it for it in items}
@@ -282,8 +281,6 @@ def write_planned_tars(
                 else:
                     packed += 1
                     yield from out.members
-                if on_record:
-                    on_record(out.members is not None)
             # Still inside the tar's temp file: the sidecar lands before the tar is renamed,
             # so a tar under its final name always has its errors beside it.
             write_bytes_atomically(sidecar_path(save_path, plan), jsonl_bytes(errors))
@@ -299,23 +296,16 @@ def finished_errors(save_path: str, plan: TarPlan) -> list[dict]:
 
 @dataclass(frozen=True)
 class TarUnit:
-    """One planned tar with everything needed to write it anywhere (a Ray task)."""
+    """One planned tar and its records: the unit the runner resumes, and a Ray task writes whole."""
 
     plan: TarPlan
     items: list[WorkItem]
-    options: PackOptions
-    save_path: str
-    timeout: float
-    s3_endpoint: str | None = None
-    plugins: tuple[str, ...] = ()  # files registering the run's own samplers, imported again in a Ray worker
 
 
-def pack_tar(unit: TarUnit) -> TarResult:
-    """Pack one tar start to end in this process: the same records, order and bytes as the pool."""
-    cv2.setNumThreads(1)  # a Ray worker is a fresh process, not a fork: this is safe here
-    for path in unit.plugins:
-        import_plugin(path)
-    init_worker(unit.options)
-    storage.configure(unit.s3_endpoint)
-    results = (call_with_alarm(pack_record, item, unit.timeout) for item in unit.items)
-    return next(write_planned_tars(unit.save_path, [unit.plan], unit.items, results))
+def tar_items(unit: TarUnit) -> list[WorkItem]:
+    return unit.items
+
+
+def write_unit(save_path: str, unit: TarUnit, results: Iterator) -> TarResult:
+    """The tar of `unit` from its records' results (pulled in order): in the parent, or in a Ray task."""
+    return next(write_planned_tars(save_path, [unit.plan], unit.items, results))

@@ -107,6 +107,11 @@ def _start_method() -> str:
     return "fork"
 
 
+def forks_workers() -> bool:
+    """Whether workers started now are forks of this process (and so inherit its state)."""
+    return _start_method() == "fork"
+
+
 # --- the worker side ---------------------------------------------------------------------------
 
 

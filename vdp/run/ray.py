@@ -3,8 +3,8 @@
 Each unit runs start to end in one task and writes its own output atomically, so the driver
 only collects small results; the outputs are the same bytes as the multiprocessing path's
 because a unit's function is the same code. A unit whose task crashed or overran its
-deadline comes back as a WorkFailure for the stage to handle (pack reruns it locally,
-record by record, behind the pool's crash isolation).
+deadline comes back as a WorkFailure for the runner (vdp.run.runner) to run again locally,
+behind the pool's crash isolation.
 
 On a cluster: `ray start --head` on one node, `ray start --address HEAD:6379` on the others,
 the repo and the data at the same paths everywhere (or data on s3://), then the stage command

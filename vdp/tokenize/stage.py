@@ -15,7 +15,7 @@ way; the spool gives a sequence's blocks back once it is written.
 
 Every path may be local or remote (vdp.io.storage): input tars are streamed, shards go up as
 multipart uploads that appear only when complete, and `is_done` asks the store. A group is
-run by the worker pool or as a Ray task (`run_groups`), the same function either way.
+run by the worker pool or as a Ray task (vdp.run.runner), the same function either way.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-import cv2
 import numpy as np
 
 from vdp.errors import RecordError, error_entry
@@ -39,8 +38,7 @@ from vdp.io.shards import list_tars
 from vdp.io.tario import write_bytes_atomically
 from vdp.io.tarslices import FileSlice, StoreFault, read_range, write_tar_slices_atomically
 from vdp.media.jpeg import fit_jpeg, fit_size
-from vdp.run.pool import WorkFailure, call_with_alarm, map_ordered
-from vdp.run.ray import ray_map_units
+from vdp.run.pool import WorkFailure
 from vdp.text.tokens import ConversationTokenizer, load_tokenizer
 from vdp.tokenize.frame_samples import FrameSample, ImageRef, read_frame_samples
 from vdp.tokenize.packing import PACKERS, lower_bound, sequence_length
@@ -379,65 +377,3 @@ def sequence_members(
     for i, (p, ref) in enumerate(refs):
         members.append((f"{key}.{i}.jpg", _frame(p, ref, options, result, errors)))
     return members
-
-
-# --- executors -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Executor:
-    """Where groups run: `pool` (worker processes here) or `ray` (tasks, local Ray or a cluster)."""
-
-    kind: str = "pool"
-    workers: int = 1
-    timeout: float = 3600.0  # seconds one group may take
-    ray_address: str | None = None
-    s3_endpoint: str | None = None  # Ray tasks configure their own storage; pool workers inherit the parent's
-
-
-@dataclass(frozen=True)
-class GroupUnit:
-    """One group for a Ray task, with everything needed to run it on any node."""
-
-    job: GroupJob
-    options: TokenizeOptions
-    timeout: float
-    s3_endpoint: str | None = None
-
-
-def tokenize_unit(unit: GroupUnit) -> GroupResult | WorkFailure:
-    """A Ray task: the pool worker's code for one group under the same alarm, so the same shard."""
-    storage.configure(unit.s3_endpoint)
-    if _OPTIONS != unit.options:  # a Ray worker process runs many tasks: build the tokenizer once
-        # Ray starts its workers as new programs, never forks them: setting OpenCV's threads is safe here.
-        cv2.setNumThreads(1)
-        init_worker(unit.options)
-    return call_with_alarm(run_group, unit.job, unit.timeout)
-
-
-def _in_pool(jobs: list[GroupJob], options: TokenizeOptions, ex: Executor) -> Iterator[GroupResult | WorkFailure]:
-    return map_ordered(run_group, jobs, ex.workers, ex.timeout, init_worker, (options,))
-
-
-def run_groups(
-    jobs: list[GroupJob], options: TokenizeOptions, ex: Executor
-) -> Iterator[tuple[GroupJob, GroupResult | WorkFailure]]:
-    """Run every group; yield (job, its result or WorkFailure) as each finishes.
-
-    On Ray each group is one task writing its own shard; a group whose task failed (crash, lost
-    node, deadline, store fault) is run once more here, in the worker pool.
-    """
-    if ex.kind != "ray":
-        yield from zip(jobs, _in_pool(jobs, options, ex))
-        return
-    units = [GroupUnit(job, options, ex.timeout, ex.s3_endpoint) for job in jobs]
-    failed: list[GroupJob] = []
-    # The task's own alarm ends a slow group at the timeout; the deadline catches a hang the alarm cannot.
-    for index, result in ray_map_units(tokenize_unit, units, ex.workers, ex.ray_address, lambda u: u.timeout + 60):
-        if isinstance(result, WorkFailure):
-            failed.append(jobs[index])
-        else:
-            yield jobs[index], result
-    if failed:
-        failed.sort(key=lambda job: job.index)
-        yield from zip(failed, _in_pool(failed, options, ex))
