@@ -11,6 +11,8 @@ import io
 import os
 from collections.abc import Callable
 
+from vdp.io.ranged import RangedReader
+
 PART_SIZE = 16 * 1024 * 1024  # OSS allows parts from 100 KB; S3-compatible gateways need 5 MB
 
 
@@ -18,36 +20,6 @@ def split(path: str) -> tuple[str, str]:
     rest = path.split("://", 1)[1]
     bucket, _, key = rest.partition("/")
     return bucket, key
-
-
-class _RangedReader(io.RawIOBase):
-    """A seekable read-only file over ranged GETs, for objects too large to read at once."""
-
-    def __init__(self, bucket, key: str, size: int):
-        self._bucket, self._key, self._size, self._pos = bucket, key, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buf) -> int:
-        if self._pos >= self._size:
-            return 0
-        end = min(self._size, self._pos + len(buf)) - 1
-        data = self._bucket.get_object(self._key, byte_range=(self._pos, end)).read()
-        buf[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
 
 
 class _MultipartWriter(io.RawIOBase):
@@ -166,9 +138,14 @@ class OSSFileSystem:
         except self._oss2.exceptions.NoSuchKey:
             raise FileNotFoundError(path) from None
 
+    def _range_reader(self, bucket: str, key: str) -> Callable[[int, int], bytes]:
+        """fetch(start, end) -> bytes start..end-1 of the object, one ranged GET (OSS ranges are inclusive)."""
+        handle = self._bucket(bucket)
+        return lambda start, end: handle.get_object(key, byte_range=(start, end - 1)).read()
+
     def open(self, path: str, mode: str = "rb", **_):
         bucket, key = split(path)
-        return io.BufferedReader(_RangedReader(self._bucket(bucket), key, self.size(path)), 16 * 1024 * 1024)
+        return io.BufferedReader(RangedReader(self._range_reader(bucket, key), self.size(path)), 16 * 1024 * 1024)
 
     def find(self, prefix: str) -> list[str]:
         bucket, key = split(prefix)
