@@ -147,7 +147,7 @@ def test_tokenize_on_a_full_disk_stops_with_one_line_and_resumes(small_disk, tmp
     src = str(tmp_path / "src")
     write_stage1_corpus(src, tars=6, samples_per_tar=20, frames=(16, 24), words=(3, 30), seed=9)  # ~0.6 MB shards
     model = train_llama_like_tokenizer(str(tmp_path / "llama"))
-    flags = ("--tokenizer", model, "--sample_type", "un", "--patches", "8", "--shard_size", "1", "--workers", "2",
+    flags = ("--tokenizer", model, "--sample_type", "un", "--patches", "8", "--shard_size", "1", "--workers", "1",
              "--no_progress")  # fmt: skip
 
     def tokenize(out: str) -> subprocess.CompletedProcess:
