@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vdp.cli.common import exits_on_output_error
-from vdp.cli.index_flags import add_common_flags, check_options, context_of
-from vdp.errors import EXIT_USAGE, UsageError
+from vdp.cli.common import reports_command_errors
+from vdp.cli.index_flags import add_common_flags, context_of, prepare_scan
+from vdp.errors import UsageError
 from vdp.index.report import write_report
-from vdp.index.scan import ScanOptions, merge_picks
-from vdp.index.stage import find_tars, finish, run_scan
+from vdp.index.scan import merge_picks
+from vdp.index.stage import finish, run_scan
 from vdp.io import storage
 from vdp.io.debris import remove_stale_partials
 
@@ -50,19 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-@exits_on_output_error("check_pair.py")
+@reports_command_errors("check_pair.py")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    storage.configure(args.s3_endpoint)
-    try:
-        tars = find_tars(args.dataset_path)
-        if args.dump < 0 or args.window < 1:
-            raise UsageError("--dump must be >= 0 and --window >= 1")
-        options = ScanOptions(check_options(args, deep=True), root=args.dataset_path, dump=args.dump)
-        storage.check_output_folder(args.out)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    if args.dump < 0 or args.window < 1:
+        raise UsageError("--dump must be >= 0 and --window >= 1")
+    tars, options = prepare_scan(args, args.out, deep=True, dump=args.dump)
     # what killed runs left of its own files (the report and dumped samples are rewritten whole)
     remove_stale_partials([storage.join(args.out, f"{args.dataset_name}.errors.jsonl"), storage.join(args.out, "report.html")])
     extra: tuple = ()  # (make_extra, its args): the decoder is built where the scan runs

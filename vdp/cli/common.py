@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from vdp.errors import EXIT_OUTPUT
+from vdp.errors import EXIT_OUTPUT, EXIT_USAGE, UsageError
 from vdp.io.storage import OutputError
 from vdp.plugins import import_plugin
 
@@ -38,9 +38,13 @@ def load_plugins(argv: Sequence[str] | None) -> list[str]:
     return [os.path.abspath(p) for p in known.plugin]
 
 
-def exits_on_output_error(prog: str) -> Callable:
-    """Decorate a command's main: an output that cannot be written mid-run (disk full, a folder
-    made read-only) ends it with one line naming that output and EXIT_OUTPUT, not a traceback.
+def reports_command_errors(prog: str) -> Callable:
+    """Decorate a command's main: the one place expected failures become one line and an exit status.
+
+    A UsageError (a bad flag, an unusable top-level input, flags that differ from the run being
+    resumed) ends the command with `PROG: error: …` and EXIT_USAGE before any work is done. An
+    output that cannot be written mid-run (disk full, a folder made read-only) ends it with one
+    line naming that output and EXIT_OUTPUT, not a traceback.
 
     Nothing incomplete is left under a final name (writes are atomic), and what the run left
     behind is removed by the rerun, so freeing space and running the same command again is all
@@ -52,6 +56,9 @@ def exits_on_output_error(prog: str) -> Callable:
         def run(*args, **kwargs) -> int:
             try:
                 return main(*args, **kwargs)
+            except UsageError as e:
+                print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+                return EXIT_USAGE
             except OutputError as e:
                 print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
                 return EXIT_OUTPUT

@@ -20,9 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vdp.cli.common import exits_on_output_error
-from vdp.cli.index_flags import add_common_flags, check_options, context_of
-from vdp.errors import EXIT_USAGE, UsageError
+from vdp.cli.common import reports_command_errors
+from vdp.cli.index_flags import add_common_flags, context_of, prepare_scan
 from vdp.index.formats import (
     default_url,
     energon_files,
@@ -33,8 +32,7 @@ from vdp.index.formats import (
     write_json,
     write_megatron_pkl,
 )
-from vdp.index.scan import ScanOptions
-from vdp.index.stage import find_tars, finish, run_scan
+from vdp.index.stage import finish, run_scan
 from vdp.io import storage
 from vdp.io.debris import remove_stale_partials
 
@@ -90,17 +88,10 @@ def final_paths(args: argparse.Namespace, tars: list[str]) -> list[str]:
     return paths
 
 
-@exits_on_output_error("index/main.py")
+@reports_command_errors("index/main.py")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    storage.configure(args.s3_endpoint)
-    try:
-        tars = find_tars(args.dataset_path)
-        options = ScanOptions(check_options(args, deep=args.deep), root=args.dataset_path)
-        storage.check_output_folder(args.output)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    tars, options = prepare_scan(args, args.output, deep=args.deep)
     remove_stale_partials(final_paths(args, tars))  # what killed runs left
     run = run_scan(tars, options, context_of(args), args.timeout, progress=not args.no_progress)
     write_indexes(args, run.scans)

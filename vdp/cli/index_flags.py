@@ -6,7 +6,10 @@ import argparse
 
 from vdp.cli.common import add_run_flags
 from vdp.errors import UsageError
+from vdp.index.scan import ScanOptions
+from vdp.index.stage import find_tars
 from vdp.index.validate import CheckOptions, ImageTokenIds
+from vdp.io import storage
 from vdp.io.localcopy import local_copy
 from vdp.run.runner import RunContext
 
@@ -58,6 +61,16 @@ def check_options(args: argparse.Namespace, deep: bool) -> CheckOptions:
         raise UsageError("--patches, --max_len and --workers must be positive")
     return CheckOptions(patches=args.patches, max_len=args.max_len, image_ids=image_ids(args), deep=deep)
 
+
+
+def prepare_scan(args: argparse.Namespace, output: str, deep: bool, dump: int = 0) -> tuple[list[str], ScanOptions]:
+    """What both stage-3 commands do before scanning: storage configured, the tars found, the
+    flags checked and the output folder writable, or a UsageError before any work."""
+    storage.configure(args.s3_endpoint)
+    tars = find_tars(args.dataset_path)
+    options = ScanOptions(check_options(args, deep=deep), root=args.dataset_path, dump=dump)
+    storage.check_output_folder(output)
+    return tars, options
 
 
 def context_of(args: argparse.Namespace) -> RunContext:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from functools import partial
 
 import vdp.pack.datasets  # noqa: F401 (registers the built-in datasets)
-from vdp.cli.common import add_plugin_flag, add_run_flags, exits_on_output_error, load_plugins
-from vdp.errors import EXIT_OK, EXIT_SOME_ERRORS, EXIT_USAGE, UsageError, jsonl_bytes, reason_counts
+from vdp.cli.common import add_plugin_flag, add_run_flags, load_plugins, reports_command_errors
+from vdp.errors import EXIT_OK, EXIT_SOME_ERRORS, UsageError, jsonl_bytes, reason_counts
 from vdp.io import storage
 from vdp.io.debris import remove_stale_partials
 from vdp.io.tario import write_bytes_atomically
@@ -209,7 +208,7 @@ def pack_units(args, options: PackOptions, units: list[TarUnit], bar) -> list[Ta
     return list(run_units(work, units, context, tick if bar else None, fetched))
 
 
-@exits_on_output_error("pack.py")
+@reports_command_errors("pack.py")
 def main(argv: list[str] | None = None) -> int:
     load_plugins(argv)
     parser = build_parser()
@@ -218,11 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     clock = Stopwatch()
 
     manifest = Manifest(args.manifest, LOADERS[args.dataset], loader_options(args))
-    try:
-        lo, hi, entries = read_manifest(args, manifest)
-    except UsageError as e:
-        print(f"pack.py: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    lo, hi, entries = read_manifest(args, manifest)
     plans = plan_tars(lo, hi, args.samples_per_tar, args.machine_id)
     options = PackOptions(
         type=args.type,
@@ -246,8 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     remove_stale_partials(final_paths(args.save_path, args.machine_id, plans))  # what killed runs left
     problem = check_same_flags(args.save_path, args.machine_id, flags)
     if problem:
-        print(f"pack.py: error: {problem}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(problem)
 
     todo = [p for p in plans if not is_done(args.save_path, p)]
     root = video_root(args)

@@ -11,13 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-from vdp.cli.common import add_run_flags, exits_on_output_error
+from vdp.cli.common import add_run_flags, reports_command_errors
 from vdp.errors import (
     EXIT_OK,
     EXIT_SOME_ERRORS,
-    EXIT_USAGE,
     UsageError,
     error_entry,
     reason_counts,
@@ -257,20 +255,16 @@ def run_todo(todo: list[GroupJob], options: TokenizeOptions, args: argparse.Name
     return fresh, failures
 
 
-@exits_on_output_error("tokenize/main.py")
+@reports_command_errors("tokenize/main.py")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
     storage.configure(args.s3_endpoint)
     clock = Stopwatch()
-    try:
-        check_tokenizer(args.tokenizer)  # fail before any work; forked workers inherit it
-        tars = find_input_tars(args.dataset_path)
-        storage.check_output_folder(args.save_path)
-    except (TokenizerLoadError, UsageError) as e:
-        print(f"tokenize/main.py: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    check_tokenizer(args.tokenizer)  # fail before any work; forked workers inherit it
+    tars = find_input_tars(args.dataset_path)
+    storage.check_output_folder(args.save_path)
 
     start, end = tar_range(len(tars), args.start, args.end, args.shard_size, args.machine_id, args.total_machine)
     out_dir = storage.join(args.save_path, f"{start}-{end}")
@@ -281,8 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     remove_debris(out_dir, jobs, errors_path)
     problem = check_same_flags(out_dir, flags)
     if problem:
-        print(f"tokenize/main.py: error: {problem}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(problem)
 
     todo = [j for j in jobs if not is_done(j)]
     resumed = [read_state(state_path(j)) for j in jobs if j not in todo]

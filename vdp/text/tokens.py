@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vdp.errors import UsageError
 from vdp.io import storage
 from vdp.io.localcopy import local_copy
 
@@ -52,7 +53,7 @@ class TextTokenizer:
     piece_of: Callable[[int], str | None] = lambda i: None  # the piece with this id, None when there is none
 
 
-class TokenizerLoadError(Exception):
+class TokenizerLoadError(UsageError):
     """The --tokenizer path is not a usable model (exit status 2)."""
 
 
