@@ -33,11 +33,12 @@ from tests.index_fixtures import (
 from vdp.index import stage as stage3
 from vdp.index.formats import energon_files, megatron_entries, wids_index
 from vdp.index.scan import ScanOptions
-from vdp.index.validate import CheckOptions
+from vdp.index.validate import CheckOptions, ImageTokenIds
 from vdp.run import runner
 from vdp.run.pool import WorkFailure
 from vdp.run.runner import RunContext
 
+IDS = ImageTokenIds.after_vocab(32000)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "index", "main.py")
 CHECK = os.path.join(ROOT, "index", "check_pair.py")
@@ -457,7 +458,7 @@ def test_a_failed_ray_task_is_scanned_again_locally(dataset, monkeypatch):
     assert on_ray.errors == pool.errors
     assert megatron_entries(on_ray.scans) == megatron_entries(pool.scans)
     assert wids_index("ds", on_ray.scans) == wids_index("ds", pool.scans)
-    assert energon_files(on_ray.scans) == energon_files(pool.scans)
+    assert energon_files(on_ray.scans, IDS) == energon_files(pool.scans, IDS)
 
 
 def test_slurm_index_runs_one_job_with_its_cpus_as_workers(tmp_path):

@@ -33,6 +33,7 @@ from vdp.index.formats import (
     write_megatron_pkl,
 )
 from vdp.index.stage import finish, run_scan
+from vdp.index.validate import ImageTokenIds
 from vdp.io import storage
 from vdp.io.debris import remove_stale_partials
 
@@ -62,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def write_indexes(args: argparse.Namespace, scans) -> None:
+def write_indexes(args: argparse.Namespace, scans, image_ids: ImageTokenIds) -> None:
     url_of = prefixed_url(args.url_prefix) if args.url_prefix else default_url
     base = storage.join(args.output, args.dataset_name)
     write_megatron_pkl(base + ".pkl", megatron_entries(scans, url_of))
@@ -75,7 +76,7 @@ def write_indexes(args: argparse.Namespace, scans) -> None:
             file=sys.stderr,
         )
     if args.energon:
-        listed = write_energon(args.dataset_path, scans)
+        listed = write_energon(args.dataset_path, scans, image_ids)
         print(f"energon: {listed} shards indexed in {storage.join(args.dataset_path, '.nv-meta')}", file=sys.stderr)
 
 
@@ -84,7 +85,7 @@ def final_paths(args: argparse.Namespace, tars: list[str]) -> list[str]:
     base = storage.join(args.output, args.dataset_name)
     paths = [base + ".pkl", base + ".wids.json", base + ".errors.jsonl"]
     if args.energon:
-        paths += [storage.join(args.dataset_path, rel) for rel in energon_files([])] + [t + ".idx" for t in tars]
+        paths += [storage.join(args.dataset_path, rel) for rel in energon_files([], ImageTokenIds.after_vocab(32000))] + [t + ".idx" for t in tars]
     return paths
 
 
@@ -94,6 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     tars, options = prepare_scan(args, args.output, deep=args.deep)
     remove_stale_partials(final_paths(args, tars))  # what killed runs left
     run = run_scan(tars, options, context_of(args), args.timeout, progress=not args.no_progress)
-    write_indexes(args, run.scans)
+    write_indexes(args, run.scans, options.check.image_ids)
     return finish(run, "index", storage.join(args.output, f"{args.dataset_name}.errors.jsonl"))
 

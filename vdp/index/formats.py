@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from vdp.index.scan import TarScan
+from vdp.index.validate import ImageTokenIds
 from vdp.io import storage
 from vdp.io.tario import write_bytes_atomically
 
@@ -63,7 +64,28 @@ def tar_idx_bytes(offsets: list[int]) -> bytes:
     return np.asarray(offsets, dtype="<u8").tobytes()
 
 
-def energon_files(scans: list[TarScan]) -> dict[str, bytes]:
+def energon_dataset(scans: list[TarScan], image_ids: ImageTokenIds) -> dict:
+    """dataset.yaml: stage-2 sequences and stage-1 frames load as vdp.energon's typed samples
+    (decoded by its loaders, so energon's own decoder is off); whole videos, or shards of both
+    stages mixed, stay a CrudeWebdataset for the user's cooker."""
+    sound = [s for s in scans if not s.broken and s.samples]
+    if sound and all(s.tokens for s in sound):
+        sample_type, loader = "PackedSequenceSample", "packed_sequence_loader"
+    elif sound and all(s.images and not s.tokens for s in sound):
+        sample_type, loader = "VideoFramesSample", "video_frames_loader"
+    else:
+        return {"__module__": "megatron.energon", "__class__": "CrudeWebdataset"}
+    return {
+        "sample_type": {"__module__": "vdp.energon", "__class__": sample_type},
+        "sample_loader": {"__module__": "vdp.energon", "__function__": loader},
+        "part_filter": {"__module__": "vdp.energon", "__function__": "frame_parts"},
+        "decoder": None,
+        # the task encoders find <im_start> etc. here; samples carry it as __subflavors__
+        "subflavors": {"vdp_image_tokens": {"start": image_ids.start, "patch": image_ids.patch, "end": image_ids.end}},
+    }
+
+
+def energon_files(scans: list[TarScan], image_ids: ImageTokenIds) -> dict[str, bytes]:
     """Path (relative to the dataset folder) -> bytes of every file `energon prepare` would leave."""
     sound = [s for s in scans if not s.broken and s.samples]
     files = {s.name + ".idx": tar_idx_bytes(s.offsets) for s in sound}
@@ -72,18 +94,17 @@ def energon_files(scans: list[TarScan]) -> dict[str, bytes]:
         "split_parts": {"train": [s.name for s in sound]},
         "exclude": [f"{s.name}/{key}" for s in sound for key in s.bad_keys],
     }
-    # A crude dataset: samples come out as dicts of members; the user's cooker decodes them.
-    dataset = {"__module__": "megatron.energon", "__class__": "CrudeWebdataset"}
+    dataset = energon_dataset(scans, image_ids)
     files[f"{ENERGON_DIR}/.info.json"] = json.dumps(info, indent=2).encode() + b"\n"
     files[f"{ENERGON_DIR}/split.yaml"] = yaml.safe_dump(split, sort_keys=False).encode()
     files[f"{ENERGON_DIR}/dataset.yaml"] = yaml.safe_dump(dataset, sort_keys=False).encode()
     return files
 
 
-def write_energon(root: str, scans: list[TarScan]) -> int:
+def write_energon(root: str, scans: list[TarScan], image_ids: ImageTokenIds) -> int:
     """Write energon's metadata into the dataset folder (or next to the tars in the bucket);
     returns the number of shards listed."""
-    files = energon_files(scans)
+    files = energon_files(scans, image_ids)
     for rel, data in files.items():
         write_bytes_atomically(storage.join(root, rel), data)
     return sum(1 for rel in files if rel.endswith(".tar.idx"))
