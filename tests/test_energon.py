@@ -301,3 +301,31 @@ def test_ids_stored_as_npy_load_the_same(shards):
     for key, s in as_npy.items():
         assert torch.equal(s.input_ids, as_json[key].input_ids) and torch.equal(s.loss_mask, as_json[key].loss_mask)
         assert s.input_ids.dtype == torch.int64
+
+
+def test_plain_webdataset_and_wids_give_the_same_batches(shards):
+    """The README's recipes for teams without Energon: the same tensors as the Energon encoder."""
+    import webdataset as wds
+    import wids
+
+    from vdp.train.batches import collate_sequences, encode_sequence
+    from vdp.train.members import packed_sequence_fields
+
+    ids3 = image_ids(shards["tokenizer"])
+    by_energon = {b.__key__[0]: b for b in one_epoch(shards["tokens"], PackedSequenceEncoder(image_size=96), batch_size=1)}
+    urls = sorted(glob.glob(os.path.join(shards["tokens"], "*", "*.tar")))
+    pipeline = (
+        wds.WebDataset(urls, shardshuffle=False)
+        .map(lambda raw: (raw["__key__"], encode_sequence(packed_sequence_fields(raw), 96, ids3)))
+        .batched(1, collation_fn=lambda rows: (rows[0][0], collate_sequences([r[1] for r in rows])))
+    )
+    plain = dict(pipeline)
+    index = wids.ShardListDataset(os.path.join(os.path.dirname(shards["tokens"]), "index", "tokens", "tokens.wids.json"),
+                                  transformations=[])  # fmt: skip
+    from_wids = {index[i]["__key__"]: collate_sequences([encode_sequence(packed_sequence_fields(index[i]), 96, ids3)])
+                 for i in range(len(index))}  # fmt: skip
+    assert sorted(plain) == sorted(by_energon) == sorted(from_wids)
+    for key, batch in by_energon.items():
+        for other in (plain[key], from_wids[key]):
+            for name in ("input_ids", "labels", "loss_mask", "position_ids", "cu_seqlens", "images", "image_positions"):
+                assert torch.equal(other[name], getattr(batch, name)), (key, name)

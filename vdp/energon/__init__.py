@@ -6,19 +6,14 @@ user code; pass `PackedSequenceEncoder` / `VideoFramesEncoder` as the task encod
 """
 
 from vdp.energon.encoders import (
-    IGNORE_INDEX,
     PackedSequenceBatch,
     PackedSequenceEncoder,
     VideoFramesBatch,
     VideoFramesEncoder,
-    labels_for,
-    position_ids_for,
-    resize_with_padding,
 )
 from vdp.energon.samples import (
     PackedSequenceSample,
     VideoFramesSample,
-    decode_jpeg_rgb,
     frame_part,
     frame_parts,
     load_packed_sequence,
@@ -26,6 +21,8 @@ from vdp.energon.samples import (
     packed_sequence_loader,
     video_frames_loader,
 )
+from vdp.train.batches import IGNORE_INDEX, labels_for, position_ids_for, resize_with_padding
+from vdp.train.members import decode_jpeg_rgb
 
 __all__ = [
     "IGNORE_INDEX",
