@@ -1,6 +1,6 @@
 """Your own datasets: register a loader here and `python pack.py --dataset NAME` reads it.
 
-The built-in ones (webvid, internvid, hd-vila, how2link, ego4d, table, jsonl) live in
+The built-in ones (webvid, internvid, hd-vila, how2link, ego4d, table, jsonl, llava) live in
 vdp/pack/datasets.py; read them for worked examples. A loader gets one manifest row at a time
 (a dict for JSON lines, CSV, TSV and parquet rows) and returns a `Record`, or a `BadRow`
 saying why the row is unusable; with `many=True` it yields any number (the clips of one

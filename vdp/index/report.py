@@ -11,6 +11,7 @@ import base64
 import html
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 import cv2
@@ -93,9 +94,23 @@ def _text_of(pick: Pick, doc: dict) -> str:
                 f"[packed sample {n}: {w['source']}]\n{w['first']}" + (f"\n  …\n{w['last']}" if w["last"] else "")
             )
         return "\n\n".join(parts)
+    turns = doc.get("conversations")
+    if isinstance(turns, list) and any(_asks_something(t) for t in turns):
+        # instruction data: every turn in order, as stage 2 will tokenize them
+        return "\n\n".join(f"{t.get('from')}: {t.get('value')}" for t in turns if isinstance(t, dict))
     if isinstance(doc.get("caption"), str):
         return doc["caption"]
     return ""
+
+
+_FRAME_PLACEHOLDERS = re.compile(r"<image>|<[IP]image>#?\d*")
+
+
+def _asks_something(turn) -> bool:
+    """A human turn with words besides frame placeholders (a caption sample's prompt has none)."""
+    if not isinstance(turn, dict) or turn.get("from") != "human":
+        return False
+    return bool(_FRAME_PLACEHOLDERS.sub("", str(turn.get("value", ""))).strip())
 
 
 def dump_pick(pick: Pick, number: int, out_dir: str) -> Dumped:

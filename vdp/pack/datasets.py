@@ -2,11 +2,12 @@
 
 A loader is a function registered under a `--dataset` name. The package reads the manifest
 (streaming, any size) and hands the loader one row at a time: a dict for JSON lines, CSV,
-TSV and parquet rows, a (key, value) pair for the entries of one big JSON object. The loader
-returns a `Record`, or a `BadRow` saying why the row is unusable (with `many=True`: any
-number of them, e.g. the clips of one video). Rows that are not UTF-8, not JSON or have the
-wrong number of fields never reach the loader: they are bad rows already. Bad rows keep their
-number and go to the errors file; nothing is dropped.
+TSV and parquet rows and the items of one big JSON array, a (key, value) pair for the
+entries of one big JSON object. The loader returns a `Record`, or a `BadRow` saying why the
+row is unusable (with `many=True`: any number of them, e.g. the clips of one video). Rows
+that are not UTF-8, not JSON or have the wrong number of fields never reach the loader: they
+are bad rows already. Bad rows keep their number and go to the errors file; nothing is
+dropped.
 
 Paths are as written in the annotation; pack.py resolves relative ones against `--video_root`
 (else the manifest's folder). A path ending in `.*` is the first existing file with a common
@@ -21,6 +22,8 @@ import json
 import re
 from collections.abc import Iterator
 
+from vdp.errors import RecordError
+from vdp.pack.conversations import conversation_turns, first_answer
 from vdp.pack.manifest import (  # noqa: F401 (re-exported for loaders users write)
     LOADERS,
     BadRow,
@@ -185,3 +188,28 @@ def load_ego4d(entry: tuple, where: str, options: LoaderOptions) -> Iterator:
         text = clean_ego4d_text(str(n.get("narration_text") or ""))
         start = max(0.0, float(t) - half)  # the window keeps its length at the video's start
         yield make_record(here, f"{uid}.mp4", text or None, uid, start, start + options.ego4d_window)
+
+
+LLAVA_FIELDS = ("video", "conversations")
+
+
+@loader("llava", rows="json")
+def load_llava(obj: dict, where: str, options: LoaderOptions):
+    """LLaVA-style instruction data (LLaVA-Video-178K ...): {id, video, conversations, ...}, a JSON array or jsonl.
+
+    The frames go where the first human turn's <image>/<video> placeholder is (see
+    vdp/pack/conversations.py); the other keys (id, data_source, ...) go to the json's `meta`.
+    """
+    rid = obj.get("id")
+    here = f"{where}#{rid}" if isinstance(rid, (str, int)) and not isinstance(rid, bool) else where
+    video = obj.get("video")
+    if isinstance(video, list):
+        return BadRow(here, f"video is a list of {len(video)} (one video per record)")
+    if not video or not isinstance(video, str):
+        return BadRow(here, "missing video" if video in (None, "") else "video is not a path")
+    try:
+        turns = conversation_turns(obj.get("conversations"))
+    except RecordError as e:
+        return BadRow(here, str(e))
+    meta = {k: v for k, v in obj.items() if k not in LLAVA_FIELDS}
+    return make_record(here, video, first_answer(turns), meta=meta, conversations=turns)

@@ -1,11 +1,12 @@
 """Manifests of any size: count the records in one streaming pass, then parse only a range.
 
 A manifest is read as rows in one of a few formats (JSON lines, CSV, TSV, parquet, one JSON
-object of entries); a dataset's loader (loaders.py) turns each row into records. Nothing
-holds the whole manifest: the counting pass keeps a checkpoint (byte offset, line, first
-record) every ROWS_PER_CHECKPOINT rows, and a machine then seeks to the checkpoint before its
-range and parses only from there. For formats where one row is one record (the loader says
-so), the counting pass does not even parse: it only finds row boundaries.
+object of entries, one JSON array of records); a dataset's loader (loaders.py) turns each
+row into records. Nothing holds the whole manifest: the counting pass keeps a checkpoint
+(byte offset, line, first record) every ROWS_PER_CHECKPOINT rows, and a machine then seeks
+to the checkpoint before its range and parses only from there. For formats where one row is
+one record (the loader says so), the counting pass does not even parse: it only finds row
+boundaries.
 
 Every row keeps its place in the numbering whatever is wrong with it: a line that is not
 UTF-8, not JSON or not an object, a CSV row with the wrong number of fields, each becomes a
@@ -46,6 +47,9 @@ class Record:
     clip_path: str = ""  # a pre-cut file of exactly the span; used (without the span) when it exists
     meta: dict | None = field(default=None, compare=True, hash=False)  # extra columns, kept in the json
     where: str = field(default="", compare=False)  # the row it came from, "file:line"
+    # Instruction data: the whole conversation, checked (vdp.pack.conversations); its first
+    # human turn gets the frames. None: one human prompt of frames and `caption` as the answer.
+    conversations: list[dict] | None = field(default=None, compare=True, hash=False)
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,7 @@ def read_header(f, raw, delimiter: str) -> tuple[list[str], Checkpoint]:
 # --- the formats ----------------------------------------------------------------------------
 
 
-FORMATS = ("jsonl", "csv", "tsv", "parquet", "json-object")
+FORMATS = ("jsonl", "csv", "tsv", "parquet", "json-object", "json-array")
 
 
 def format_of(path: str) -> str:
@@ -212,6 +216,9 @@ def iter_rows(path: str, fmt: str, start: Checkpoint | None = None) -> Iterator[
         return
     if fmt == "json-object":
         yield from _object_rows(path, start)
+        return
+    if fmt == "json-array":
+        yield from _array_rows(path, start)
         return
     with storage.open_read(path) as f:
         raw, first = _raw_reader(f, fmt)
@@ -278,6 +285,35 @@ def _object_rows(path: str, start: Checkpoint) -> Iterator[Row]:
             yield Row(Checkpoint(0, 0, -1, -1), f"{path}", BadRow(path, f"bad JSON: {' '.join(str(e).split())[:200]}"))
 
 
+def _array_rows(path: str, start: Checkpoint) -> Iterator[Row]:
+    """The items of one top-level JSON array, streamed (LLaVA-style files run to several GB).
+
+    A JSON array cannot be entered in the middle, so a range is reached by parsing (and
+    dropping) the items before it: memory stays one item whatever the file's size.
+    """
+    import ijson
+
+    with storage.open_read(path) as f:
+        try:
+            for n, item in enumerate(ijson.items(f, "item", use_float=True)):
+                if n >= start.row:
+                    where = f"{path}:[{n}]"
+                    value = item if isinstance(item, dict) else BadRow(where, "not a JSON object")
+                    yield Row(Checkpoint(0, n + 1, n, -1), where, value)
+        except ijson.JSONError as e:
+            yield Row(Checkpoint(0, 0, -1, -1), f"{path}", BadRow(path, f"bad JSON: {' '.join(str(e).split())[:200]}"))
+
+
+def json_format(path: str) -> str:
+    """"json-array" when the file's first non-blank byte opens an array, else "jsonl"."""
+    with storage.open_read(path) as f:
+        while True:
+            block = f.read(65536)
+            head = block.lstrip(b" \t\r\n")
+            if head or not block:
+                return "json-array" if head.startswith(b"[") else "jsonl"
+
+
 def row_count(path: str, fmt: str) -> int | None:
     """The number of rows when the file's own metadata says it (parquet), else None."""
     if fmt != "parquet":
@@ -311,7 +347,8 @@ def index_manifest(path: str, fmt: str, entries_of: RowToEntries | None) -> Mani
     for row in iter_rows(path, fmt):
         if row.pos.row % ROWS_PER_CHECKPOINT == 0 and row.pos.row:
             checkpoints.append(Checkpoint(row.pos.offset, row.pos.line, row.pos.row, total))
-        total += 1 if isinstance(row.value, BadRow) else _count(entries_of(row.value, row.where))
+        one = entries_of is None or isinstance(row.value, BadRow)
+        total += 1 if one else _count(entries_of(row.value, row.where))
     return ManifestIndex(total, checkpoints)
 
 
@@ -429,7 +466,7 @@ LoaderFn = Callable[[object, str, LoaderOptions], "Entry | Iterable[Entry]"]
 @dataclass(frozen=True)
 class Loader:
     fn: LoaderFn  # (row, where, options) -> an entry, or (many=True) an iterable of entries
-    rows: str  # a format of FORMATS, or "table": by the manifest's file name
+    rows: str  # a format of FORMATS; "table": by the manifest's file name; "json": a JSON array or JSON lines
     many: bool  # a row holds several records (a video and its clips)
     urls: bool  # the dataset publishes video URLs: `--source url` is allowed
     doc: str = ""
@@ -458,6 +495,8 @@ class Manifest:
 
     @property
     def format(self) -> str:
+        if self.loader.rows == "json":  # the same records ship as one array or as lines
+            return json_format(self.path)
         return format_of(self.path) if self.loader.rows == "table" else self.loader.rows
 
     def entries_of(self, value: object, where: str) -> list[Entry]:
@@ -510,7 +549,8 @@ def parse_span(start, end) -> tuple[float | None, float | None, str]:
 
 
 def make_record(where: str, path, caption, video_id="", start=None, end=None, clip_path: str = "",
-                meta: dict | None = None, caption_optional: bool = False) -> Entry:
+                meta: dict | None = None, caption_optional: bool = False,
+                conversations: list[dict] | None = None) -> Entry:
     """A Record, or a BadRow saying which field is unusable."""
     if not path or not isinstance(path, str):
         return BadRow(where, "missing video path")
@@ -521,7 +561,7 @@ def make_record(where: str, path, caption, video_id="", start=None, end=None, cl
     s, e, reason = parse_span(start, end)
     if reason:
         return BadRow(where, reason)
-    return Record(path, caption, str(video_id or ""), s, e, clip_path, meta or None, where)
+    return Record(path, caption, str(video_id or ""), s, e, clip_path, meta or None, where, conversations)
 
 
 def fill_captions(entries: list[tuple[int, Entry]], captions_path: str | None) -> list[tuple[int, Entry]]:

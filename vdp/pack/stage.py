@@ -25,6 +25,7 @@ from vdp.media.clip import cut_clip
 from vdp.media.decord_backend import decode_chosen_decord
 from vdp.media.spans import requested_span
 from vdp.media.video import decode_chosen, scan_video
+from vdp.pack.conversations import with_frames
 from vdp.pack.locate import locate, needs_locating, resolve
 from vdp.pack.manifest import BadRow, Record
 from vdp.pack.plan import TarPlan, sample_key
@@ -164,6 +165,8 @@ def _base_json(record: Record, meta, span: tuple[float, float] | None = None) ->
         doc["span"] = [round(span[0], 6), round(span[1], 6)]
     if record.meta:
         doc["meta"] = record.meta
+    if record.conversations:  # video-only keeps them as written; frame samples put the frames in
+        doc["conversations"] = record.conversations
     return doc
 
 
@@ -227,7 +230,10 @@ def _build_sample(item: WorkItem, options: PackOptions) -> list[tuple[str, bytes
     ]
     doc["image"] = names
     prompt = sampler.prompt(chosen, decoded.meta.num_frames, options.sampler)
-    doc["conversations"] = [{"from": "human", "value": prompt}, {"from": "gpt", "value": record.caption}]
+    if record.conversations:  # instruction data: the frames stand where the video placeholder is
+        doc["conversations"] = with_frames(record.conversations, prompt)
+    else:
+        doc["conversations"] = [{"from": "human", "value": prompt}, {"from": "gpt", "value": record.caption}]
     members = [(f"{key}.json", _encode_json(doc))]
     params = [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]
     encoded: dict[int, bytes] = {}
