@@ -13,7 +13,6 @@ JPEG and opens every video, at the price of a decoder per member.
 from __future__ import annotations
 
 import io
-import json
 import re
 from dataclasses import dataclass, field
 
@@ -21,7 +20,7 @@ import cv2
 import numpy as np
 
 from vdp.errors import RecordError
-from vdp.io.shards import Sample
+from vdp.io.shards import Sample, parse_sample_json
 from vdp.io.tarslices import MAX_FRAME_PIXELS, VIDEO_EXTS
 from vdp.media.jpeg import jpeg_size
 
@@ -83,15 +82,7 @@ def _parse_json(sample: Sample) -> dict:
     if "json" not in sample.members:
         exts = ", ".join(sorted(sample.members))
         raise RecordError(f"no json: {sample.key} has only {exts}")
-    try:
-        doc = json.loads(sample.members["json"])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RecordError(f"bad json: {sample.key}.json: {e}") from None
-    except RecursionError:
-        raise RecordError(f"bad json: {sample.key}.json: nested too deeply") from None
-    if not isinstance(doc, dict):
-        raise RecordError(f"bad json: {sample.key}.json is not an object")
-    return doc
+    return parse_sample_json(sample.members["json"], f"{sample.key}.json")
 
 
 def check_jpeg(data: bytes, member: str, deep: bool) -> None:

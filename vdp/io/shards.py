@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from vdp.errors import RecordError
 from vdp.io.tario import KeyGroups, TarReadError, iter_tar_members, split_member_name
 
 
@@ -23,6 +25,23 @@ class ShardProblem:
     tar: str
     reason: str
     member: int  # members read before the problem
+
+
+def parse_sample_json(data: bytes, name: str) -> dict:
+    """A sample's json member as a dict; RecordError naming `name` when it is not one.
+
+    Hostile shards carry json that is not UTF-8, not JSON, nested deep enough to overflow the
+    parser, or not an object: each is one error line, never a crash.
+    """
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"bad json: {name}: {e}") from None
+    except RecursionError:
+        raise RecordError(f"bad json: {name}: nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise RecordError(f"bad json: {name}: not an object")
+    return doc
 
 
 def iter_samples(path: str, problems: list[ShardProblem] | None = None) -> Iterator[Sample]:

@@ -21,12 +21,12 @@ a second time in the tar.
 
 from __future__ import annotations
 
-import json
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from vdp.errors import RecordError, error_entry
+from vdp.io.shards import parse_sample_json
 from vdp.io.tario import KeyGroups, TarReadError
 from vdp.io.tarslices import MAX_FRAME_PIXELS, Entry, InputTar, iter_tar_index, too_large
 from vdp.media.jpeg import check_jpeg_end, jpeg_header_size
@@ -125,23 +125,21 @@ def _fold_legacy(samples: Iterator[_Grouped]) -> Iterator[_Grouped]:
         yield head
 
 
-def _parse_json(grouped: _Grouped, tar: InputTar) -> dict:
-    name = f"{grouped.key}.json"
-    if name not in grouped.files:
-        raise RecordError(f"no json: members {', '.join(sorted(grouped.files))} without {name}")
-    entry = grouped.files[name]
-    refused = too_large(name, entry.size)
+def _entry(grouped: _Grouped, member: str, missing: str) -> Entry:
+    """The member's place in the tar; RecordError `missing` when absent, or when too large to read."""
+    if member not in grouped.files:
+        raise RecordError(missing)
+    entry = grouped.files[member]
+    refused = too_large(member, entry.size)
     if refused:
         raise RecordError(refused)
-    try:
-        doc = json.loads(tar.read(entry.offset, entry.size))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RecordError(f"bad json: {name}: {e}") from None
-    except RecursionError:
-        raise RecordError(f"bad json: {name}: nested too deeply") from None
-    if not isinstance(doc, dict):
-        raise RecordError(f"bad json: {name}: not an object")
-    return doc
+    return entry
+
+
+def _parse_json(grouped: _Grouped, tar: InputTar) -> dict:
+    name = f"{grouped.key}.json"
+    entry = _entry(grouped, name, f"no json: members {', '.join(sorted(grouped.files))} without {name}")
+    return parse_sample_json(tar.read(entry.offset, entry.size), name)
 
 
 def _turns_from_lists(prompt, txt) -> list[dict]:
@@ -189,12 +187,7 @@ def _image_members(doc: dict, grouped: _Grouped) -> list[str]:
 
 
 def _image_ref(grouped: _Grouped, member: str, tar: InputTar) -> ImageRef:
-    if member not in grouped.files:
-        raise RecordError(f"missing image: {member}")
-    entry = grouped.files[member]
-    refused = too_large(member, entry.size)
-    if refused:
-        raise RecordError(refused)
+    entry = _entry(grouped, member, f"missing image: {member}")
     try:
         width, height = _jpeg_size_at(tar, entry)
     except RecordError as e:
