@@ -18,26 +18,49 @@ IGNORE_INDEX = -100  # labels that are not a target (PyTorch's cross_entropy def
 LLAMA2_IMAGE_IDS = (32001, 32000, 32002)  # (<im_start>, <im_patch>, <im_end>) after LLaMA-2's 32000 ids
 
 
+def _fit(pixels: np.ndarray, size: int) -> np.ndarray:
+    """H×W×3 scaled so the longer side is `size`, aspect kept.
+
+    Shrinking halves with area averaging while the scale is below 1/2 (OpenCV's fast integer
+    path), then finishes bilinearly: within one halving bilinear does not alias, and OpenCV's
+    area resize at a non-integer ratio costs more than decoding the JPEG (bench/energon.py).
+    """
+    h, w = pixels.shape[:2]
+    scale = size / max(h, w)
+    while scale < 0.5:
+        h, w = (h + 1) // 2, (w + 1) // 2
+        pixels = cv2.resize(pixels, (w, h), interpolation=cv2.INTER_AREA)
+        scale = size / max(h, w)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        pixels = cv2.resize(pixels, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    return pixels
+
+
+def _place(fitted: np.ndarray, out: np.ndarray) -> None:
+    """Centre an H×W×3 image on `out` (3×S×S, already the padding colour)."""
+    size = out.shape[-1]
+    h, w = fitted.shape[:2]
+    top, left = (size - h) // 2, (size - w) // 2
+    out[:, top : top + h, left : left + w] = fitted.transpose(2, 0, 1)
+
+
 def resize_with_padding(pixels: np.ndarray, size: int, pad_value: int = 0) -> np.ndarray:
     """H×W×3 uint8 -> 3×size×size uint8: scaled so the longer side is `size`, aspect kept, centred
     on a `pad_value` square (LLaVA's pad-to-square, without its mean-colour fill)."""
-    h, w = pixels.shape[:2]
-    scale = size / max(h, w)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        # area averaging when shrinking (no aliasing), bilinear when enlarging
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        pixels = cv2.resize(pixels, (new_w, new_h), interpolation=interpolation)
-    out = np.full((size, size, 3), pad_value, dtype=np.uint8)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
-    out[top : top + new_h, left : left + new_w] = pixels
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    out = np.full((3, size, size), pad_value, dtype=np.uint8)
+    _place(_fit(pixels, size), out)
+    return out
 
 
 def square_images(images: Sequence[torch.Tensor | np.ndarray], size: int) -> torch.Tensor:
-    """N×3×size×size uint8 from H×W×3 images (see resize_with_padding)."""
-    squared = [torch.from_numpy(resize_with_padding(np.asarray(img), size)) for img in images]
-    return torch.stack(squared) if squared else torch.zeros((0, 3, size, size), dtype=torch.uint8)
+    """N×3×size×size uint8 from H×W×3 images (see resize_with_padding), written in place into
+    one tensor rather than stacked from N copies."""
+    out = torch.zeros((len(images), 3, size, size), dtype=torch.uint8)
+    squares = out.numpy()
+    for i, img in enumerate(images):
+        _place(_fit(np.asarray(img), size), squares[i])
+    return out
 
 
 def labels_for(input_ids: torch.Tensor, loss_mask: torch.Tensor, sample_lengths: Sequence[int]) -> torch.Tensor:
@@ -135,7 +158,8 @@ def collate_sequences(encoded: Sequence[dict[str, Any]], pad_to: int | None = No
         "cu_seqlens": torch.tensor(bounds, dtype=torch.int32),
         "max_seqlen": int(np.diff(bounds).max()),
         "sample_lengths": [list(s["sample_lengths"]) for s in encoded],
-        "images": torch.cat([s["images"] for s in encoded]),
+        # one row: its images already are the batch's (no copy)
+        "images": encoded[0]["images"] if rows == 1 else torch.cat([s["images"] for s in encoded]),
         "image_positions": torch.tensor(positions, dtype=torch.long).reshape(-1, 2),
     }
 
