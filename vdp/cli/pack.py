@@ -19,6 +19,7 @@ from vdp.errors import EXIT_OK, EXIT_SOME_ERRORS, UsageError, jsonl_bytes, reaso
 from vdp.io import storage
 from vdp.io.debris import remove_stale_partials
 from vdp.io.tario import write_bytes_atomically
+from vdp.pack.filters import RULES, SIGNAL_RULES, Filter, rule_counts
 from vdp.pack.locate import resolve
 from vdp.pack.manifest import LOADERS, LoaderOptions, Manifest, Record, fill_captions
 from vdp.pack.plan import machine_range, plan_tars
@@ -31,6 +32,7 @@ from vdp.pack.stage import (
     WorkItem,
     fetch_ahead,
     finished_errors,
+    finished_filtered,
     init_worker,
     is_done,
     pack_record,
@@ -92,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kf_iframes", type=int, default=8, help="kf: I frames at most (the last frame counts)")
     p.add_argument("--kf_total", type=int, default=24, help="kf: frames in all")
     p.add_argument("--time_scale", type=int, default=100, help="kf: timestamps in the prompt run 0..time_scale")
+    p.add_argument("--fps", type=float, default=1.0, help="fps: frames per second of video, by presentation time")
+    p.add_argument("--max_frames", type=int, default=64,
+                   help="fps: frames at most, spread evenly over a longer video (0: no limit)")
     p.add_argument("--max_side", type=int, default=1280, help="longest side of a frame JPEG, aspect kept")
     p.add_argument("--jpeg_quality", type=int, default=95)
     p.add_argument("--backend", default="av", choices=["av", "decord"], help="decoder: PyAV (default) or decord (un only)")
@@ -103,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="pool", choices=["pool", "ray"],
                    help="pool: worker processes on this machine; ray: one Ray task per tar (local or --ray_address)")
     p.add_argument("--ray_address", default=None, help="Ray cluster to join, e.g. auto or HEAD:6379 (default: start a local Ray)")
+    add_quality_flags(p)
     add_run_flags(p, "video")
     add_plugin_flag(p, "datasets and samplers")
     return p
@@ -116,8 +122,12 @@ def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             p.error(f"--{flag} must be at least 1")
     if a.kf_total < a.kf_iframes:
         p.error("--kf_total must be at least --kf_iframes")
+    if not 0 < a.fps < float("inf"):
+        p.error("--fps must be a positive number")
+    if a.max_frames < 0:
+        p.error("--max_frames must be at least 0 (0: no limit)")
     if a.backend == "decord" and a.type != "un":
-        p.error("--backend decord works with --type un only (kf needs every frame's picture type)")
+        p.error("--backend decord works with --type un only (kf needs every frame's picture type, fps exact presentation times)")
     if not 1 <= a.jpeg_quality <= 100:
         p.error("--jpeg_quality must be in 1..100")
     if a.dataset == "table" and not (a.video_col and a.caption_col):
@@ -141,6 +151,43 @@ def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         storage.check_output_folder(a.save_path)
     except UsageError as e:
         p.error(str(e))
+
+
+# --- quality signals and filters (vdp/media/signals.py, vdp/pack/filters.py) -------------------
+
+
+def add_quality_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "quality signals and filters",
+        "un/kf jsons get `signals` (motion, static_share, sharpness, black_share, shot_changes, phash per frame); "
+        "a record a filter rejects is a line of filtered-{machine_id}.jsonl, not a sample",
+    )
+    on_off = g.add_mutually_exclusive_group()
+    on_off.add_argument("--no_signals", action="store_true", help="un/kf: no signals in the json")
+    on_off.add_argument("--signals", action="store_true",
+                        help="video-only: signals in the json, from --signal_frames frames decoded for them")
+    g.add_argument("--signal_frames", type=int, default=4,
+                   help="video-only --signals: frames decoded, evenly spaced (default 4)")
+    for name, rule in RULES.items():
+        g.add_argument(f"--{name}", type=int if name == "min_side" else float, default=None, help=rule.help)
+
+
+def quality_options(p: argparse.ArgumentParser, a: argparse.Namespace) -> tuple[bool, tuple[Filter, ...]]:
+    """Whether to compute the signals, and the filters; a filter on a signal turns video-only's on."""
+    filters = tuple(Filter(name, getattr(a, name)) for name in RULES if getattr(a, name) is not None)
+    for f in filters:
+        if not 0 <= f.threshold < float("inf"):
+            p.error(f"--{f.rule} must be a number at least 0")
+    if a.min_duration is not None and a.max_duration is not None and a.min_duration > a.max_duration:
+        p.error("--min_duration must be at most --max_duration")
+    if a.signal_frames < 1:
+        p.error("--signal_frames must be at least 1")
+    reads_signals = [f"--{f.rule}" for f in filters if f.rule in SIGNAL_RULES]
+    if a.type == "video-only":
+        return a.signals or bool(reads_signals), filters
+    if a.no_signals and reads_signals:
+        p.error(f"{reads_signals[0]} reads the signals: drop --no_signals")
+    return not a.no_signals, filters
 
 
 def video_root(args) -> str:
@@ -172,11 +219,16 @@ def errors_path(save_path: str, machine_id: int) -> str:
     return storage.join(save_path, f"errors-{machine_id}.jsonl")
 
 
+def filtered_path(save_path: str, machine_id: int) -> str:
+    return storage.join(save_path, f"filtered-{machine_id}.jsonl")
+
+
 def final_paths(save_path: str, machine_id: int, plans: list) -> list[str]:
-    """Every file this machine writes: its tars, their errors sidecars, its flags and errors files."""
+    """Every file this machine writes: its tars, their sidecars, its flags, errors and filtered files."""
     tars = [storage.join(save_path, p.name) for p in plans]
     sidecars = [sidecar_path(save_path, p) for p in plans]
-    return [*tars, *sidecars, flags_path(save_path, machine_id), errors_path(save_path, machine_id)]
+    return [*tars, *sidecars, flags_path(save_path, machine_id), errors_path(save_path, machine_id),
+            filtered_path(save_path, machine_id)]
 
 
 def check_same_flags(save_path: str, machine_id: int, flags: dict) -> str:
@@ -214,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
+    signals, filters = quality_options(parser, args)
     clock = Stopwatch()
 
     manifest = Manifest(args.manifest, LOADERS[args.dataset], loader_options(args))
@@ -221,12 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     plans = plan_tars(lo, hi, args.samples_per_tar, args.machine_id)
     options = PackOptions(
         type=args.type,
-        sampler=SamplerOptions(args.num_frames, args.kf_iframes, args.kf_total, args.time_scale),
+        sampler=SamplerOptions(args.num_frames, args.kf_iframes, args.kf_total, args.time_scale, args.fps, args.max_frames),
         max_side=args.max_side,
         jpeg_quality=args.jpeg_quality,
         decode_threads=args.decode_threads,
         backend=args.backend,
         clip_mode=args.clip_mode,
+        signals=signals,
+        signal_frames=args.signal_frames,
+        filters=filters,
     )
     flags = {
         "dataset": args.dataset,
@@ -259,20 +315,25 @@ def main(argv: list[str] | None = None) -> int:
     errors = [e for p in plans for e in finished_errors(args.save_path, p)]
     errors_file = errors_path(args.save_path, args.machine_id)
     write_bytes_atomically(errors_file, jsonl_bytes(errors))
+    filtered = [f for p in plans for f in finished_filtered(args.save_path, p)]
+    if filters:  # there whenever filters ran: empty when they rejected nothing
+        write_bytes_atomically(filtered_path(args.save_path, args.machine_id), jsonl_bytes(filtered))
     seconds = clock.seconds
     print_summary(
         "pack",
         {
             "records": hi - lo,
-            "packed": (hi - lo) - len(errors),
+            "packed": (hi - lo) - len(errors) - len(filtered),
             "errors": len(errors),
+            "filtered": len(filtered),
             "tars_written": len(written),
             "tars_resumed": len(plans) - len(todo),
             "seconds": seconds,
             "videos_per_s": done_now / seconds if seconds > 0 else 0.0,
         },
-        reason_counts(errors),
+        reason_counts(errors) + rule_counts(filtered),
     )
-    print(f"shards: {storage.absolute(args.save_path)}  errors: {errors_file}", flush=True)
+    also = f"  filtered: {filtered_path(args.save_path, args.machine_id)}" if filters else ""
+    print(f"shards: {storage.absolute(args.save_path)}  errors: {errors_file}{also}", flush=True)
     return EXIT_SOME_ERRORS if errors else EXIT_OK
 

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="SentencePiece tokenizer.model, or a Hugging Face tokenizer folder (local, s3:// or oss://)",
     )
     p.add_argument(
-        "--sample_type", required=True, choices=sorted(PLACEHOLDERS), help="kf: <Iimage>/<Pimage>; un, conv: <image>"
+        "--sample_type", required=True, choices=sorted(PLACEHOLDERS), help="kf: <Iimage>/<Pimage>; un, fps, conv: <image>"
     )
     p.add_argument("--start", type=int, default=0, help="first tar of the sorted list (default 0)")
     p.add_argument("--end", type=int, default=None, help="tar to stop before (default: all)")

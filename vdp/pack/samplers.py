@@ -1,4 +1,4 @@
-"""The built-in frame samplers (un, kf): which frames of a video become images, and the prompt that names them.
+"""The built-in frame samplers (un, kf, fps): which frames of a video become images, and the prompt that names them.
 
 A sampler is two plain functions registered under a `--type` name:
   choose(frames, opts) -> list of frame indices (presentation order, may repeat)
@@ -11,6 +11,7 @@ Your own samplers go in the repo's samplers.py (or any file given to --plugin).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ class SamplerOptions:
     kf_iframes: int = 8  # kf: at most this many I frames (the last frame counts among them)
     kf_total: int = 24  # kf: I + non-I frames in all
     time_scale: int = 100  # kf: frame positions are given in 0..time_scale
+    fps: float = 1.0  # fps: frames per second of video
+    max_frames: int = 64  # fps: at most this many, spread evenly over a longer video (0: no limit)
 
 
 @dataclass(frozen=True)
@@ -91,5 +94,39 @@ def prompt_keyframes(chosen: list[FrameInfo], num_frames: int, opts: SamplerOpti
     )
 
 
+# --- fps: frames at a fixed rate, by presentation time ---------------------------------------
+
+# Frame times are whole microseconds; this absorbs float error at window edges and in ties.
+_EPS = 1e-9
+
+
+def choose_fps(frames: list[FrameInfo], opts: SamplerOptions) -> list[int]:
+    """Frames at t0, t0 + 1/fps, t0 + 2/fps, ... by presentation time; at most max_frames.
+
+    t0 is the first frame's time (with a span, the span's first frame: `frames` holds only the
+    span's frames, timed from the video's first frame). Targets run up to the last frame's time,
+    included. Target t_k takes, of the frames within half a sampling interval of it
+    ([t_k - 1/(2 fps), t_k + 1/(2 fps)), a window no other target shares), the one nearest to
+    t_k, the earlier of two equally near. A target whose window holds no frame (a gap in a
+    variable-frame-rate video, or fps above the video's rate) is skipped; windows do not overlap,
+    so no frame is taken twice. When more frames are found than max_frames (> 0), `spread` keeps
+    max_frames of them, the first and last included.
+    """
+    if not frames:
+        return []
+    t0, rate = frames[0].time, opts.fps
+    last = math.floor((max(f.time for f in frames) - t0) * rate + _EPS)
+    best: dict[int, tuple[float, int]] = {}  # target k -> (distance, frame index)
+    for f in frames:
+        k = math.floor((f.time - t0) * rate + 0.5 + _EPS)
+        if 0 <= k <= last:
+            distance = abs(f.time - t0 - k / rate)
+            if k not in best or distance < best[k][0] - _EPS:
+                best[k] = (distance, f.index)
+    picked = sorted(index for _, index in best.values())
+    return spread(picked, opts.max_frames) if opts.max_frames > 0 else picked
+
+
 register("un", choose_uniform, prompt_uniform, needs_types=False)
 register("kf", choose_keyframes, prompt_keyframes)
+register("fps", choose_fps, prompt_uniform, needs_types=False)

@@ -1,8 +1,9 @@
 """Stage 1 core: one record -> one webdataset sample, and planned tars written from the results.
 
-`pack_record` runs in the worker processes and returns either the sample's tar members or a
-reason; `write_planned_tars` runs in the parent, pulls results in record order and writes each
-tar (plus its errors sidecar) atomically, skipping tars a previous run finished.
+`pack_record` runs in the worker processes and returns the sample's tar members, a reason
+(an error) or the filter rule it failed; `write_planned_tars` runs in the parent, pulls results
+in record order and writes each tar (plus its sidecar: its errors and filtered records)
+atomically, skipping tars a previous run finished.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ from vdp.io import storage
 from vdp.io.tario import write_bytes_atomically, write_tar_atomically
 from vdp.media.clip import cut_clip
 from vdp.media.decord_backend import decode_chosen_decord
+from vdp.media.signals import WORK_SIDE, compute_signals
 from vdp.media.spans import requested_span
 from vdp.media.video import decode_chosen, scan_video
 from vdp.pack.conversations import with_frames
+from vdp.pack.filters import Filter, failed, filtered_entry
 from vdp.pack.locate import locate, needs_locating, resolve
 from vdp.pack.manifest import BadRow, Record
 from vdp.pack.plan import TarPlan, sample_key
-from vdp.pack.samplers import SAMPLERS, SamplerOptions
+from vdp.pack.samplers import SAMPLERS, SamplerOptions, choose_uniform
 from vdp.run.pool import TimeoutAlarm, WorkFailure
 
-STATE_DIR = ".pack"  # per-tar errors sidecars and the flags of the run, inside --save_path
+STATE_DIR = ".pack"  # per-tar sidecars (errors, filtered) and the flags of the run, inside --save_path
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -45,6 +48,9 @@ class PackOptions:
     decode_threads: int = 1
     backend: str = "av"  # "decord" only for un
     clip_mode: str = "copy"  # video-only records with a span: "copy" (remux from a key frame) or "exact"
+    signals: bool = False  # vdp.media.signals into the json (video-only: on signal_frames frames decoded for them)
+    signal_frames: int = 4  # video-only: frames decoded for the signals, evenly spaced
+    filters: tuple[Filter, ...] = ()  # a record failing one is filtered, not packed
 
 
 @dataclass(frozen=True)
@@ -86,8 +92,9 @@ def located(item: WorkItem) -> WorkItem:
 
 @dataclass(frozen=True)
 class Packed:
-    members: list[tuple[str, bytes]] | None  # None when the record failed
+    members: list[tuple[str, bytes]] | None  # None when the record failed or was filtered
     reason: str = ""
+    filtered: dict | None = None  # the filter it failed: {"rule", "value", "threshold"}
 
 
 _OPTIONS: PackOptions | None = None
@@ -108,7 +115,7 @@ def pack_record(item: WorkItem) -> Packed:
     if isinstance(item.entry, BadRow):
         return Packed(None, f"bad row: {item.entry.reason}")
     try:
-        return Packed(_build_sample(located(item), _OPTIONS))
+        return _build_sample(located(item), _OPTIONS)
     except RecordError as e:
         return Packed(None, str(e))
     except FileNotFoundError as e:
@@ -188,29 +195,46 @@ def _extension(path: str) -> str:
     return os.path.splitext(path)[1].lstrip(".").lower() or "mp4"
 
 
-def _whole_video_sample(item: WorkItem, key: str) -> list[tuple[str, bytes]]:
-    """The source file's bytes unchanged, checked (opens, packets read to the end)."""
+def _whole_video(item: WorkItem) -> tuple[dict, str, bytes]:
+    """The source file's bytes unchanged, checked (opens, packets read to the end): json, extension, bytes."""
     data = item.data if item.data is not None else storage.read_bytes(item.path)
-    meta = scan_video(data)
-    return [(f"{key}.json", _encode_json(_base_json(item.entry, meta))), (f"{key}.{_extension(item.path)}", data)]
+    return _base_json(item.entry, scan_video(data)), _extension(item.path), data
 
 
-def _clip_sample(item: WorkItem, key: str, span, size: int, mode: str) -> list[tuple[str, bytes]]:
+def _clip(item: WorkItem, span, size: int, mode: str) -> tuple[dict, str, bytes]:
     """The span cut out as a video file of its own; the json describes the clip written."""
     clip = cut_clip(_video_source(item, size), span, _extension(item.path), mode)
     doc = _base_json(item.entry, scan_video(clip.data), clip.span)
     doc["span_written"] = list(clip.written)
-    return [(f"{key}.json", _encode_json(doc)), (f"{key}.{clip.ext}", clip.data)]
+    return doc, clip.ext, clip.data
 
 
-def _build_sample(item: WorkItem, options: PackOptions) -> list[tuple[str, bytes]]:
+def _video_signals(data: bytes, count: int) -> dict:
+    """The signals of a video file from `count` frames at the un positions, decoded small for them
+    (only what those frames depend on is decoded), plus the frames' times."""
+    opts = SamplerOptions(num_frames=count)
+    decoded = decode_chosen(io.BytesIO(data), lambda frames: choose_uniform(frames, opts), max_side=WORK_SIDE,
+                            needs_types=False)
+    images = [decoded.images[i] for i in decoded.chosen]
+    times = [decoded.frames[i].time for i in decoded.chosen]
+    return {**compute_signals(images, times), "t": [round(t, 3) for t in times]}
+
+
+def _unless_filtered(doc: dict, options: PackOptions, members) -> Packed:
+    """The sample (`members()` builds it), or the filter its json fails."""
+    verdict = failed(doc, options.filters)
+    return Packed(None, filtered=verdict) if verdict else Packed(members())
+
+
+def _build_sample(item: WorkItem, options: PackOptions) -> Packed:
     record, key = item.entry, sample_key(item.index)
     span = requested_span(record.start, record.end)  # a span bad on its own fails before any read
     size = len(item.data) if item.data is not None else _check_file(item.path)
     if options.type == "video-only":
-        if span is None:
-            return _whole_video_sample(item, key)
-        return _clip_sample(item, key, span, size, options.clip_mode)
+        doc, ext, data = _whole_video(item) if span is None else _clip(item, span, size, options.clip_mode)
+        if options.signals:
+            doc["signals"] = _video_signals(data, options.signal_frames)
+        return _unless_filtered(doc, options, lambda: [(f"{key}.json", _encode_json(doc)), (f"{key}.{ext}", data)])
 
     sampler = SAMPLERS[options.type]
     choose = lambda frames: sampler.choose(frames, options.sampler)  # noqa: E731
@@ -234,12 +258,19 @@ def _build_sample(item: WorkItem, options: PackOptions) -> list[tuple[str, bytes
         doc["conversations"] = with_frames(record.conversations, prompt)
     else:
         doc["conversations"] = [{"from": "human", "value": prompt}, {"from": "gpt", "value": record.caption}]
+    if options.signals:
+        doc["signals"] = compute_signals([decoded.images[f.index] for f in chosen], [f.time for f in chosen])
+    return _unless_filtered(doc, options, lambda: _frame_members(key, doc, names, chosen, decoded.images, options))
+
+
+def _frame_members(key: str, doc: dict, names: list[str], chosen, images, options: PackOptions) -> list:
+    """The json and one JPEG per chosen frame."""
     members = [(f"{key}.json", _encode_json(doc))]
     params = [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]
     encoded: dict[int, bytes] = {}
     for name, f in zip(names, chosen):
         if f.index not in encoded:  # a short video may repeat a frame: encode it once
-            ok, buf = cv2.imencode(".jpg", decoded.images[f.index], params)
+            ok, buf = cv2.imencode(".jpg", images[f.index], params)
             if not ok:
                 raise RecordError(f"jpeg encode failed for frame {f.index}")
             encoded[f.index] = buf.tobytes()
@@ -251,6 +282,7 @@ def _build_sample(item: WorkItem, options: PackOptions) -> list[tuple[str, bytes
 
 
 def sidecar_path(save_path: str, plan: TarPlan) -> str:
+    """The tar's records that are not in it, in record order: errors (`reason`) and filtered (`rule`)."""
     return storage.join(save_path, STATE_DIR, plan.name + ".errors.jsonl")
 
 
@@ -264,6 +296,7 @@ class TarResult:
     plan: TarPlan
     packed: int
     errors: list[dict]
+    filtered: list[dict] = dataclasses.field(default_factory=list)
 
 
 def write_planned_tars(
@@ -272,10 +305,10 @@ def write_planned_tars(
     """Consume `results` (one per item, in order) and write each planned tar when complete."""
     by_index = {it.index: it for it in items}
     for plan in plans:
-        errors: list[dict] = []
+        left_out: list[dict] = []  # errors and filtered records, in record order
         packed = 0
 
-        def members(plan=plan, errors=errors):
+        def members(plan=plan, left_out=left_out):
             nonlocal packed
             for index in range(plan.start, plan.end):
                 item, out = by_index[index], next(results)
@@ -283,21 +316,32 @@ def write_planned_tars(
                     out = Packed(None, out.reason)
                 if out.members is None:
                     source = item.entry.where if isinstance(item.entry, BadRow) else item.entry.video_path
-                    errors.append(error_entry(sample_key(index), source, out.reason))
+                    if out.filtered is not None:
+                        left_out.append(filtered_entry(sample_key(index), source, out.filtered))
+                    else:
+                        left_out.append(error_entry(sample_key(index), source, out.reason))
                 else:
                     packed += 1
                     yield from out.members
             # Still inside the tar's temp file: the sidecar lands before the tar is renamed,
-            # so a tar under its final name always has its errors beside it.
-            write_bytes_atomically(sidecar_path(save_path, plan), jsonl_bytes(errors))
+            # so a tar under its final name always has its errors and filtered records beside it.
+            write_bytes_atomically(sidecar_path(save_path, plan), jsonl_bytes(left_out))
 
         write_tar_atomically(storage.join(save_path, plan.name), members())
-        yield TarResult(plan, packed, errors)
+        yield TarResult(plan, packed, [r for r in left_out if "reason" in r], [r for r in left_out if "rule" in r])
+
+
+def _sidecar_rows(save_path: str, plan: TarPlan) -> list[dict]:
+    data = storage.read_bytes(sidecar_path(save_path, plan)).decode("utf-8")
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
 
 
 def finished_errors(save_path: str, plan: TarPlan) -> list[dict]:
-    data = storage.read_bytes(sidecar_path(save_path, plan)).decode("utf-8")
-    return [json.loads(line) for line in data.splitlines() if line.strip()]
+    return [r for r in _sidecar_rows(save_path, plan) if "reason" in r]
+
+
+def finished_filtered(save_path: str, plan: TarPlan) -> list[dict]:
+    return [r for r in _sidecar_rows(save_path, plan) if "rule" in r]
 
 
 @dataclass(frozen=True)

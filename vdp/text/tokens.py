@@ -36,6 +36,7 @@ PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "un": ("<image>",),
     "kf": ("<Iimage>", "<Pimage>"),
     "conv": ("<image>",),
+    "fps": ("<image>",),
 }
 
 
