@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from vdp.io.tario import write_tar_atomically
+from vdp.run.accounting import is_accounting
 
 VOCAB = 32000
 PATCH, START, END = VOCAB, VOCAB + 1, VOCAB + 2
@@ -184,10 +185,10 @@ def write_tar(path: str, samples: list[Members]) -> str:
 
 
 def tree_files(folder: str) -> dict[str, bytes]:
-    """Relative path -> bytes of every file below `folder`."""
+    """Relative path -> bytes of every file below `folder`, but the accounting files (they carry times)."""
     out = {}
     for root, _, files in os.walk(folder):
-        for name in files:
+        for name in (n for n in files if not is_accounting(n)):
             path = os.path.join(root, name)
             with open(path, "rb") as f:
                 out[os.path.relpath(path, folder)] = f.read()

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from vdp.io.storage import TEMP_NAME as TEMP  # the name of a local write's temp file
+from vdp.run.accounting import is_accounting  # stats and summaries carry times: not compared here
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,11 +34,12 @@ def temp_files(*folders: str) -> list[str]:
 
 
 def files_under(folder: str, comparable: Callable[[str, bytes], bytes] | None = None) -> dict[str, bytes]:
-    """Relative name -> bytes of every file under `folder` (hidden ones too), temp files aside;
-    `comparable(rel, data)` may give a file's comparable form instead (without its timings)."""
+    """Relative name -> bytes of every file under `folder` (hidden ones too), temp files and
+    accounting files aside; `comparable(rel, data)` may give a file's comparable form instead
+    (without its timings)."""
     out = {}
     for root, _, files in os.walk(folder):
-        for name in (n for n in files if not TEMP.match(n)):
+        for name in (n for n in files if not TEMP.match(n) and not is_accounting(n)):
             path = os.path.join(root, name)
             with open(path, "rb") as f:
                 data = f.read()

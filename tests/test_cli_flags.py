@@ -9,7 +9,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ["pack.py", "tokenize/main.py", "index/main.py", "index/check_pair.py"]
+COMMANDS = ["pack.py", "tokenize/main.py", "index/main.py", "index/check_pair.py", "index/dedup.py"]
 
 
 def help_text(command: str) -> str:

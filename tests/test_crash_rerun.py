@@ -30,6 +30,7 @@ from tests.stage1_fixtures import BENCH_SIZES, train_llama_like_tokenizer, write
 from tests.synth import VideoSpec, make_video
 from tests.test_index_s3 import download_tree, upload_tree
 from vdp.io.tario import iter_tar_members, split_member_name
+from vdp.run.accounting import is_accounting  # stats and summaries carry times: checked in test_accounting
 from vdp.tokenize.stage import STATE_DIR
 
 SEED = 1010
@@ -110,7 +111,7 @@ def s3_client(endpoint: str):
 
 
 def s3_tree(endpoint: str, bucket: str, prefix: str, comparable: Callable[[str, bytes], bytes] | None = None) -> dict:
-    files = download_tree(endpoint, f"s3://{bucket}/{prefix}")
+    files = {rel: data for rel, data in download_tree(endpoint, f"s3://{bucket}/{prefix}").items() if not is_accounting(rel)}
     return {rel: comparable(rel, data) for rel, data in files.items()} if comparable else files
 
 

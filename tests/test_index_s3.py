@@ -24,6 +24,7 @@ from vdp.index.scan import ScanOptions, scan_tar
 from vdp.index.validate import CheckOptions
 from vdp.io import storage
 from vdp.io.localcopy import local_copy
+from vdp.run.accounting import is_accounting
 
 FLAGS = ["--dataset_name", "ds", "--patches", str(PATCHES), "--max_len", "120", "--workers", "2"]
 
@@ -38,11 +39,12 @@ def upload_tree(endpoint: str, folder: str, url: str) -> None:
 
 
 def download_tree(endpoint: str, url: str) -> dict[str, bytes]:
-    """Relative name -> bytes of every object under an s3:// prefix."""
+    """Relative name -> bytes of every object under an s3:// prefix, but the accounting files (they carry times)."""
     bucket, _, prefix = url[len("s3://") :].partition("/")
     client = boto3.client("s3", endpoint_url=endpoint)
     found = client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/").get("Contents", [])
-    return {o["Key"][len(prefix) + 1 :]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in found}
+    return {o["Key"][len(prefix) + 1 :]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+            for o in found if not is_accounting(o["Key"])}  # fmt: skip
 
 
 def comparable(files: dict[str, bytes], tar_root: str) -> dict:

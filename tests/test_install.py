@@ -1,5 +1,5 @@
 """The package installs as users install it: `pip install .` pulls no torch, Ray, Energon, moto or
-selenium, and gives the four vdp-* commands with the same flags as the repo's scripts."""
+selenium, and gives the five vdp-* commands with the same flags as the repo's scripts."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEAVY = {"torch", "ray", "megatron-energon", "moto", "selenium", "pytest", "decord", "s3fs", "oss2"}
+HEAVY = {"torch", "ray", "megatron-energon", "moto", "selenium", "pytest", "decord", "s3fs", "oss2", "faiss-cpu"}
 
 
 def test_base_install_pulls_nothing_heavy(tmp_path):
@@ -29,7 +29,8 @@ def test_base_install_pulls_nothing_heavy(tmp_path):
 
 
 @pytest.mark.parametrize("command, script", [("vdp-pack", "pack.py"), ("vdp-tokenize", "tokenize/main.py"),
-                                             ("vdp-index", "index/main.py"), ("vdp-check-pair", "index/check_pair.py")])
+                                             ("vdp-index", "index/main.py"), ("vdp-check-pair", "index/check_pair.py"),
+                                             ("vdp-dedup", "index/dedup.py")])
 def test_console_scripts_take_the_scripts_flags(command, script):
     exe = os.path.join(os.path.dirname(sys.executable), command)
     assert os.path.exists(exe), f"{command} not installed beside {sys.executable}"

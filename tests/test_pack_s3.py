@@ -12,6 +12,7 @@ import pytest
 from tests.pack_helpers import make_videos, tree_bytes, write_manifest
 from tests.s3_fixtures import faulty_proxy, make_bucket
 from vdp.cli import pack
+from vdp.run.accounting import is_accounting
 
 
 def upload_tree(endpoint: str, bucket: str, folder: str, prefix: str) -> None:
@@ -25,7 +26,7 @@ def download_tree(endpoint: str, bucket: str, prefix: str) -> dict[str, bytes]:
     out = {}
     for obj in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
         rel = obj["Key"][len(prefix) + 1 :]
-        if "/" not in rel:  # top level only, like tree_bytes
+        if "/" not in rel and not is_accounting(rel):  # top level outputs only, like tree_bytes
             out[rel] = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
     return out
 

@@ -306,7 +306,9 @@ def test_errors_and_filtered_records_are_counted_apart(videos, tmp_path, capsys)
 def test_no_filtered_file_without_filters(videos, tmp_path):
     m = manifest_of(videos, ["static"], tmp_path)
     assert run_pack("--manifest", m, "--type", "un", "--save_path", str(tmp_path / "o")) == 0
-    assert sorted(os.listdir(tmp_path / "o")) == [".pack", "errors-0.jsonl", "shard-0-0-1-0.tar"]
+    assert sorted(os.listdir(tmp_path / "o")) == [
+        ".pack", "errors-0.jsonl", "shard-0-0-1-0.tar", "shard-0-0-1-0.tar.stats.json", "summary-0.json"
+    ]
 
 
 def test_worker_count_does_not_change_a_byte_with_signals_and_filters(videos, tmp_path):

@@ -37,6 +37,7 @@ from tests.stage1_fixtures import (
 )
 from vdp.cli import tokenize as tokenize_command
 from vdp.io.tario import iter_tar_members, split_member_name
+from vdp.run.accounting import is_accounting
 from vdp.text.tokens import ConversationTokenizer, load_tokenizer
 from vdp.tokenize.packing import PACKERS, fill, lower_bound, sequence_length
 
@@ -340,7 +341,7 @@ def output_sequences(out: str) -> list[tuple[str, dict[str, bytes]]]:
 def tree_bytes(folder: str) -> dict[str, bytes]:
     files = {}
     for path in sorted(glob.glob(os.path.join(folder, "**", "*"), recursive=True)):
-        if os.path.isfile(path) and ".tokenize" not in path:
+        if os.path.isfile(path) and ".tokenize" not in path and not is_accounting(path):
             with open(path, "rb") as f:
                 files[os.path.relpath(path, folder)] = f.read()
     return files
@@ -381,7 +382,9 @@ def test_end_to_end_ids_images_and_fill(corpus, sp_model, tmp_path, capsys):
     out = str(tmp_path / "out")
     rc = run(*base_args(corpus, out, sp_model, "un", "--patches", "32", "--shard_size", "3", "--workers", "2"))
     assert rc == 0
-    assert sorted(os.listdir(os.path.join(out, "0-6"))) == [".tokenize", "shard_0.tar", "shard_1.tar"]
+    assert sorted(os.listdir(os.path.join(out, "0-6"))) == [
+        ".tokenize", "shard_0.tar", "shard_0.tar.stats.json", "shard_1.tar", "shard_1.tar.stats.json", "summary-0.json"
+    ]
     assert check_sequences(out, corpus, sp_model, "un", 32, 8000) == 48  # every sample, once
     keys = [k for k, _ in output_sequences(out)]
     assert len(keys) == len(set(keys))

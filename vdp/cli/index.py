@@ -36,6 +36,7 @@ from vdp.index.stage import finish, run_scan
 from vdp.index.validate import ImageTokenIds
 from vdp.io import storage
 from vdp.io.debris import remove_stale_partials
+from vdp.run.accounting import run_about, summary_path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,10 +46,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common_flags(p)
+    add_index_flags(p)
+    return p.parse_args(argv)
+
+
+def add_index_flags(p: argparse.ArgumentParser, also: str = "") -> None:
+    """The flags of the indexes written (vdp-index, vdp-dedup); `also`: more files in --output."""
     p.add_argument(
         "--output",
         required=True,
-        help="folder (or s3:// / oss:// prefix) for NAME.pkl, NAME.wids.json, NAME.errors.jsonl",
+        help=f"folder (or s3:// / oss:// prefix) for NAME.pkl, NAME.wids.json, NAME.errors.jsonl{also}",
     )
     p.add_argument(
         "--energon",
@@ -60,19 +67,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--url_prefix",
         help="write tar URLs as PREFIX/relative/path.tar (e.g. s3://bucket/set) instead of local absolute paths",
     )
-    return p.parse_args(argv)
 
 
-def write_indexes(args: argparse.Namespace, scans, image_ids: ImageTokenIds) -> None:
+def write_indexes(args: argparse.Namespace, scans, image_ids: ImageTokenIds, left_out: str = "bad samples") -> None:
+    """NAME.pkl, NAME.wids.json and with --energon energon's metadata; `left_out` names what a tar
+    missing from the wids index lost (vdp-dedup: duplicates too)."""
     url_of = prefixed_url(args.url_prefix) if args.url_prefix else default_url
     base = storage.join(args.output, args.dataset_name)
     write_megatron_pkl(base + ".pkl", megatron_entries(scans, url_of))
     wids = wids_index(args.dataset_name, scans, url_of)
     write_json(base + ".wids.json", wids)
-    left_out = sum(1 for s in scans if not s.broken and s.samples and s.valid < s.samples)
-    if left_out:
+    tars_left_out = sum(1 for s in scans if not s.broken and s.samples and s.valid < s.samples)
+    if tars_left_out:
         print(
-            f"note: {left_out} tars with bad samples are left out of {base}.wids.json (wids cannot skip a sample)",
+            f"note: {tars_left_out} tars with {left_out} are left out of {base}.wids.json (wids cannot skip a sample)",
             file=sys.stderr,
         )
     if args.energon:
@@ -93,8 +101,10 @@ def final_paths(args: argparse.Namespace, tars: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tars, options = prepare_scan(args, args.output, deep=args.deep)
-    remove_stale_partials(final_paths(args, tars))  # what killed runs left
+    summary = summary_path(args.output, f"index-{args.dataset_name}")  # OUT/summary-index-NAME.json
+    remove_stale_partials([*final_paths(args, tars), summary])  # what killed runs left
     run = run_scan(tars, options, context_of(args), args.timeout, progress=not args.no_progress)
     write_indexes(args, run.scans, options.check.image_ids)
-    return finish(run, "index", storage.join(args.output, f"{args.dataset_name}.errors.jsonl"))
+    errors = storage.join(args.output, f"{args.dataset_name}.errors.jsonl")
+    return finish(run, "index", errors, summary_path=summary, about=run_about(args, argv))
 

@@ -40,6 +40,7 @@ from vdp.pack.stage import (
     tar_items,
     write_unit,
 )
+from vdp.run.accounting import run_about, stats_path, status_path, summary_path
 from vdp.run.prefetch import prefetched
 from vdp.run.progress import Stopwatch, print_summary, progress_bar
 from vdp.run.runner import RunContext, Work, run_units
@@ -108,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="pool", choices=["pool", "ray"],
                    help="pool: worker processes on this machine; ray: one Ray task per tar (local or --ray_address)")
     p.add_argument("--ray_address", default=None, help="Ray cluster to join, e.g. auto or HEAD:6379 (default: start a local Ray)")
+    p.add_argument("--status", default=None, choices=["parquet"],
+                   help="parquet: beside each tar, {tar}.status.parquet with one row per record "
+                        "(key, source, status packed/error/filtered, reason)")
     add_quality_flags(p)
     add_run_flags(p, "video")
     add_plugin_flag(p, "datasets and samplers")
@@ -224,11 +228,13 @@ def filtered_path(save_path: str, machine_id: int) -> str:
 
 
 def final_paths(save_path: str, machine_id: int, plans: list) -> list[str]:
-    """Every file this machine writes: its tars, their sidecars, its flags, errors and filtered files."""
+    """Every file this machine writes: its tars, their sidecars, stats and status files, its flags,
+    errors, filtered and summary files."""
     tars = [storage.join(save_path, p.name) for p in plans]
     sidecars = [sidecar_path(save_path, p) for p in plans]
-    return [*tars, *sidecars, flags_path(save_path, machine_id), errors_path(save_path, machine_id),
-            filtered_path(save_path, machine_id)]
+    accounting = [f(t) for t in tars for f in (stats_path, status_path)]
+    return [*tars, *sidecars, *accounting, flags_path(save_path, machine_id), errors_path(save_path, machine_id),
+            filtered_path(save_path, machine_id), summary_path(save_path, machine_id)]
 
 
 def check_same_flags(save_path: str, machine_id: int, flags: dict) -> str:
@@ -247,7 +253,7 @@ def check_same_flags(save_path: str, machine_id: int, flags: dict) -> str:
 def pack_units(args, options: PackOptions, units: list[TarUnit], bar) -> list[TarResult]:
     """Write every unfinished tar: its records on the pool, or the whole tar as one Ray task."""
     work = Work(pack_record, args.timeout, init_worker, (options,), items=tar_items,
-                combine=partial(write_unit, args.save_path))
+                combine=partial(write_unit, args.save_path, status=args.status == "parquet"))
     context = RunContext(args.executor, args.workers, args.ray_address, args.s3_endpoint,
                          tuple(os.path.abspath(f) for f in args.plugin))
 
@@ -294,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         "samples_per_tar": args.samples_per_tar,
         "options": json.loads(json.dumps(options, default=lambda o: o.__dict__)),
     }
+    if args.status:  # resumed tars would lack the status files a rerun asks for
+        flags["status"] = args.status
     remove_stale_partials(final_paths(args.save_path, args.machine_id, plans))  # what killed runs left
     problem = check_same_flags(args.save_path, args.machine_id, flags)
     if problem:
@@ -332,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
             "videos_per_s": done_now / seconds if seconds > 0 else 0.0,
         },
         reason_counts(errors) + rule_counts(filtered),
+        save_to=summary_path(args.save_path, args.machine_id),
+        about=run_about(args, argv),
     )
     also = f"  filtered: {filtered_path(args.save_path, args.machine_id)}" if filters else ""
     print(f"shards: {storage.absolute(args.save_path)}  errors: {errors_file}{also}", flush=True)

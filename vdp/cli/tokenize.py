@@ -23,6 +23,7 @@ from vdp.errors import (
 from vdp.io import storage
 from vdp.io.debris import remove_stale_partials
 from vdp.io.tario import write_bytes_atomically, write_errors_file
+from vdp.run.accounting import run_about, stats_path, summary_path
 from vdp.run.pool import WorkFailure
 from vdp.run.progress import Stopwatch, print_summary, progress_bar
 from vdp.run.runner import RunContext, Work, run_units
@@ -173,11 +174,11 @@ def flags_path(out_dir: str) -> str:
     return storage.join(out_dir, STATE_DIR, "flags.json")
 
 
-def remove_debris(out_dir: str, jobs: list[GroupJob], errors_path: str) -> None:
-    """What killed runs left of this machine's files: its shards, their state, its flags; and of
-    the errors file every machine rewrites, only temp files whose writer is gone."""
-    owned = [p for j in jobs for p in (shard_path(j), state_path(j))] + [flags_path(out_dir)]
-    remove_stale_partials(owned, shared=[errors_path])
+def remove_debris(out_dir: str, jobs: list[GroupJob], errors_path: str, machine_id: int) -> None:
+    """What killed runs left of this machine's files: its shards, their stats and state, its flags
+    and summary; and of the errors file every machine rewrites, only temp files whose writer is gone."""
+    owned = [p for j in jobs for p in (shard_path(j), stats_path(shard_path(j)), state_path(j))]
+    remove_stale_partials([*owned, flags_path(out_dir), summary_path(out_dir, machine_id)], shared=[errors_path])
 
 
 def check_same_flags(out_dir: str, flags: dict) -> str:
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     options = options_of(args)
     flags = {"dataset_path": storage.absolute(args.dataset_path), "shard_size": args.shard_size, **options.__dict__}
     errors_path = storage.join(args.save_path, "errors.jsonl")
-    remove_debris(out_dir, jobs, errors_path)
+    remove_debris(out_dir, jobs, errors_path, args.machine_id)
     problem = check_same_flags(out_dir, flags)
     if problem:
         raise UsageError(problem)
@@ -293,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds=seconds,
         tokens_per_s=sum(r.tokens for r in fresh) / seconds if seconds > 0 else 0.0,
     )
-    print_summary("tokenize", fields, reason_counts(range_errors))
+    print_summary("tokenize", fields, reason_counts(range_errors), save_to=summary_path(out_dir, args.machine_id),
+                  about=run_about(args, argv))
     print(f"shards: {storage.absolute(out_dir)}  errors: {storage.absolute(errors_path)}", flush=True)
     return EXIT_SOME_ERRORS if range_errors else EXIT_OK
 

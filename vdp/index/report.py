@@ -2,13 +2,18 @@
 
 The report embeds a small thumbnail of every frame as a data URI, so it shows its pictures
 wherever the file is opened or copied; each thumbnail links to the full-size frame written
-beside it (`samples/...`). The whole scan's counts and per-reason error counts head the page.
+beside it (`samples/...`). The whole scan's counts and per-reason error counts head the page,
+then a histogram per metric of the sound samples (vdp.index.histograms, drawn as inline SVG by
+vdp.index.plots) with the filter thresholds stage 1 used, then, given a NAME.duplicates.jsonl
+(vdp-dedup), its first groups with each member's first frame side by side.
 """
 
 from __future__ import annotations
 
 import base64
+import glob
 import html
+import io
 import json
 import os
 import re
@@ -17,10 +22,14 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from vdp.index.scan import Pick
+from vdp.errors import RecordError, UsageError
+from vdp.index.histograms import Distributions
+from vdp.index.plots import histogram_svg, summary_line
+from vdp.index.scan import Pick, TarDamage, TarScan, iter_placed, merge_distributions
 from vdp.index.validate import VIDEO_EXTS
 from vdp.io import storage
 from vdp.io.tario import write_bytes_atomically
+from vdp.io.tarslices import InputTar, StoreFault, member_limit
 
 THUMB_HEIGHT = 96
 
@@ -137,6 +146,189 @@ def dump_pick(pick: Pick, number: int, out_dir: str) -> Dumped:
     return dumped
 
 
+# --- the filter thresholds stage 1 used ---------------------------------------------------------
+
+
+def pack_thresholds(tars: list[str]) -> dict[str, list[float]]:
+    """Rule -> the thresholds of the filters in the stage-1 flags beside the tars
+    (`FOLDER/.pack/flags-{machine_id}.json`, vdp.cli.pack); a flags file that does not read
+    only costs its lines on the plots."""
+    found: dict[str, set[float]] = {}
+    for path in _flags_files(sorted({storage.dirname(t) for t in tars})):
+        try:
+            filters = json.loads(storage.read_bytes(path))["options"]["filters"]
+            for f in filters:
+                found.setdefault(str(f["rule"]), set()).add(float(f["threshold"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return {rule: sorted(values) for rule, values in sorted(found.items())}
+
+
+def _flags_files(folders: list[str]) -> list[str]:
+    out = []
+    for folder in folders:
+        state = storage.join(folder, ".pack")
+        if not storage.is_remote(folder):
+            out += sorted(glob.glob(os.path.join(glob.escape(state), "flags-*.json")))
+            continue
+        try:
+            out += [p for p in storage.list_files(state, ".json") if storage.basename(p).startswith("flags-")]
+        except Exception:  # a listing the store refuses: the plots go without threshold lines
+            continue
+    return out
+
+
+# --- duplicate groups (vdp-dedup's NAME.duplicates.jsonl) ---------------------------------------
+
+
+@dataclass
+class Member:
+    tar: str
+    key: str
+    distance: float | None = None  # None: the sample the group keeps
+    matched: float | None = None
+    thumb: str = ""  # the first frame, as a data URI
+    note: str = ""  # why there is no thumbnail
+
+
+@dataclass
+class Duplicates:
+    source: str  # the file read
+    groups: list[list[Member]]  # the first groups of the file, each kept sample first
+    total_groups: int = 0
+    total_duplicates: int = 0
+
+
+def read_duplicates(path: str, limit: int) -> Duplicates:
+    """The first `limit` groups of a duplicates file (one `{"group", "samples": [kept, duplicates…]}`
+    a line, vdp.index.dedup.group_rows) and its totals; UsageError when it cannot be read."""
+    dups = Duplicates(path, [])
+    try:
+        lines = storage.open_text(path)
+    except FileNotFoundError:
+        raise UsageError(f"--duplicates: no such file: {path}") from None
+    with lines:
+        for number, line in enumerate(lines, 1):
+            try:
+                if line.strip():
+                    _add_group(dups, json.loads(line), limit)
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise UsageError(f"--duplicates: {path} line {number} is not a duplicates row: {e}") from None
+    return dups
+
+
+def _add_group(dups: Duplicates, row: dict, limit: int) -> None:
+    samples = row["samples"]
+    if not isinstance(samples, list) or len(samples) < 2:
+        raise ValueError("a group needs a kept sample and at least one duplicate")
+    dups.total_groups += 1
+    dups.total_duplicates += len(samples) - 1
+    if len(dups.groups) < limit:
+        members = [Member(str(s["tar"]), str(s["key"]), _number_or_none(s, "distance"), _number_or_none(s, "matched"))
+                   for s in samples]  # fmt: skip
+        members[0].distance = members[0].matched = None
+        dups.groups.append(members)
+
+
+def _number_or_none(sample: dict, name: str) -> float | None:
+    return None if sample.get(name) is None else float(sample[name])
+
+
+def add_thumbnails(dups: Duplicates, dataset_path: str) -> None:
+    """Each shown member's first frame as a thumbnail: one pass over each tar holding one, read
+    as the scan reads (a tar that does not read leaves a note instead)."""
+    wanted: dict[str, dict[str, list[Member]]] = {}
+    for group in dups.groups:
+        for m in group:
+            wanted.setdefault(_tar_path(m.tar, dataset_path), {}).setdefault(m.key, []).append(m)
+    for path, by_key in sorted(wanted.items()):
+        _thumbnails_of(path, by_key)
+
+
+def _tar_path(tar: str, dataset_path: str) -> str:
+    """The duplicates file names tars as dedup opened them; a relative one that is not there
+    is taken as relative to --dataset_path."""
+    if storage.is_remote(tar) or os.path.isabs(tar) or os.path.exists(tar):
+        return tar
+    return storage.join(dataset_path, tar)
+
+
+def _thumbnails_of(path: str, by_key: dict[str, list[Member]]) -> None:
+    left = set(by_key)
+    damage: list[TarDamage] = []
+    try:
+        with InputTar(path, member_limit) as tar:
+            for placed in iter_placed(tar.file, damage):
+                if placed.sample.key in left:
+                    left.discard(placed.sample.key)
+                    thumb, note = _first_frame(placed.sample.members)
+                    for m in by_key[placed.sample.key]:
+                        m.thumb, m.note = thumb, note
+                if not left:
+                    break
+    except (OSError, StoreFault) as e:
+        damage.append(TarDamage(f"unreadable tar: {e}", ""))
+    for key in left:
+        for m in by_key[key]:
+            m.note = "unreadable tar" if damage else "not in the tar"
+
+
+def _first_frame(members: dict[str, bytes]) -> tuple[str, str]:
+    """(thumbnail of the first image the json lists, else of the first JPEG member; note when none)."""
+    try:
+        names = json.loads(members.get("json", b"{}")).get("image") or []
+    except (ValueError, AttributeError):
+        names = []
+    first = f"{names[0]}.jpg" if names and isinstance(names[0], str) else ""
+    data = members.get(first) or next((v for k, v in members.items() if k.endswith(".jpg")), None)
+    video = next((v for k, v in members.items() if k.lower() in VIDEO_EXTS), None)
+    if data is None and video is not None:
+        data = _video_still(video)  # video-only: its first frame, decoded here
+    if data is None:
+        return "", "no frame"
+    thumb = thumbnail(data)
+    return thumb, "" if thumb else "undecodable"
+
+
+def _video_still(data: bytes) -> bytes | None:
+    """A video's first frame, upright, as JPEG bytes; None when it does not decode."""
+    import av
+
+    from vdp.media.video import open_video, upright_bgr
+
+    try:
+        container, stream = open_video(io.BytesIO(data))
+        with container:
+            for frame in container.decode(stream):
+                ok, buf = cv2.imencode(".jpg", upright_bgr(frame, round(frame.rotation or 0), 0))
+                return buf.tobytes() if ok else None
+    except (RecordError, av.error.FFmpegError, ValueError):
+        return None
+    return None
+
+
+# --- what the report shows besides the dumped samples -------------------------------------------
+
+
+@dataclass
+class Figures:
+    dists: Distributions | None = None
+    thresholds: dict[str, list[float]] = field(default_factory=dict)
+    duplicates: Duplicates | None = None
+
+
+def figures_of(
+    scans: list[TarScan], tars: list[str], max_len: int, dataset_path: str, duplicates: Duplicates | None = None
+) -> Figures:
+    """The scan's histograms, stage 1's thresholds (looked for only when a plot can show them)
+    and the duplicate groups with their thumbnails."""
+    dists = merge_distributions(scans, max_len)
+    with_rules = any(m.rules for m, _ in dists.shown())
+    if duplicates is not None:
+        add_thumbnails(duplicates, dataset_path)
+    return Figures(dists, pack_thresholds(tars) if with_rules else {}, duplicates)
+
+
 # --- the page ---------------------------------------------------------------------------------
 
 _STYLE = """
@@ -146,6 +338,9 @@ td.count{text-align:right}.sample{border:1px solid #ccc;margin:1em 0;padding:.5e
 .bad{border-color:#c00}.reason{color:#c00;font-weight:bold}.frames{display:flex;flex-wrap:wrap;gap:6px}
 figure{margin:0;font-size:11px;text-align:center}pre{white-space:pre-wrap;background:#f6f6f6;padding:.4em}
 .nothumb{display:inline-block;width:96px;height:96px;background:#eee;line-height:96px}
+.plots{display:flex;flex-wrap:wrap;gap:12px}.plots figure{border:1px solid #ddd;padding:4px}
+.plot text{font-family:sans-serif;fill:#222}.group{border:1px solid #ccc;margin:1em 0;padding:.5em}
+.group figure{max-width:180px;word-break:break-all}.kept{outline:3px solid #2a7}
 """
 
 
@@ -185,18 +380,62 @@ def _sample_html(d: Dumped) -> str:
     )
 
 
-def render_report(title: str, totals: dict, reasons: dict, dumped: list[Dumped]) -> str:
+def _plots_html(figures: Figures) -> str:
+    shown = figures.dists.shown() if figures.dists else []
+    if not shown:
+        return '<p id="no-plots">No sound samples to plot.</p>'
+    plots = []
+    for metric, hist in shown:
+        lines = [(rule, t) for rule in metric.rules for t in figures.thresholds.get(rule, ())]
+        plots.append(
+            f"<figure>{histogram_svg(metric, hist, lines)}<figcaption>{_esc(summary_line(hist))}</figcaption></figure>"
+        )
+    return f'<div class="plots">{"".join(plots)}</div>'
+
+
+def _member_html(m: Member) -> str:
+    img = f'<img src="{m.thumb}" alt="{_esc(m.key)}">' if m.thumb else f'<span class="nothumb">{_esc(m.note)}</span>'
+    what = (
+        "kept"
+        if m.distance is None
+        else f"distance {m.distance:g}" + (f" · matched {m.matched:g}" if m.matched is not None else "")
+    )
+    return (
+        f'<figure class="member{" kept" if m.distance is None else ""}" data-key="{_esc(m.key)}">{img}'
+        f"<figcaption>{_esc(what)}<br>{_esc(storage.basename(m.tar))} / {_esc(m.key)}</figcaption></figure>"
+    )
+
+
+def _duplicates_html(dups: Duplicates) -> str:
+    head = (
+        f'<p id="duplicates-total">{dups.total_groups} groups, {dups.total_duplicates} duplicates in '
+        f"{_esc(dups.source)}; the first {len(dups.groups)} shown, the sample each group keeps first.</p>"
+    )
+    groups = "".join(
+        f'<div class="group" data-group="{n}" data-members="{len(g)}"><div class="frames">'
+        f"{''.join(_member_html(m) for m in g)}</div></div>"
+        for n, g in enumerate(dups.groups)
+    )
+    return f'<h2>Duplicate groups</h2><div id="duplicates">{head}{groups}</div>'
+
+
+def render_report(title: str, totals: dict, reasons: dict, dumped: list[Dumped], figures: Figures | None = None) -> str:
+    figures = figures or Figures()
     samples = "".join(_sample_html(d) for d in dumped) or "<p>No samples dumped.</p>"
+    duplicates = _duplicates_html(figures.duplicates) if figures.duplicates else ""
     return (
         f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{_esc(title)}</title><style>{_STYLE}</style></head>'
         f"<body><h1>{_esc(title)}</h1><h2>Scan</h2>{_totals_html(totals)}<h2>Errors by reason</h2>{_reasons_html(reasons)}"
+        f"<h2>Distributions</h2>{_plots_html(figures)}{duplicates}"
         f"<h2>Samples ({len(dumped)})</h2>{samples}</body></html>\n"
     )
 
 
-def write_report(out_dir: str, title: str, totals: dict, reasons: dict, picks: list[Pick]) -> str:
+def write_report(
+    out_dir: str, title: str, totals: dict, reasons: dict, picks: list[Pick], figures: Figures | None = None
+) -> str:
     """Dump the picks and write out_dir/report.html (a folder or an s3:// / oss:// prefix); returns its path."""
     dumped = [dump_pick(p, n, out_dir) for n, p in enumerate(picks)]
     path = storage.join(out_dir, "report.html")
-    write_bytes_atomically(path, render_report(title, totals, reasons, dumped).encode())
+    write_bytes_atomically(path, render_report(title, totals, reasons, dumped, figures).encode())
     return path

@@ -10,7 +10,7 @@ as stage 2 (vdp.io.tarslices.InputTar, StoreFault), never copied to disk; a faul
 "unreadable tar" row here, where stage 2 leaves the group for a rerun. What comes back is
 small: counts, error rows, each sample's byte offset (for energon's `.tar.idx`), and, when a
 dump is asked for, the few samples of this tar that rank first by a hash of their name, with
-their members.
+their members, and the report's fixed-bin histograms of the sound samples (vdp.index.histograms).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from vdp.errors import RecordError, error_entry
+from vdp.index.histograms import Distributions, merge_all
 from vdp.index.validate import CheckOptions, SampleFacts, check_sample
 from vdp.io import storage
 from vdp.io.shards import Sample
@@ -32,11 +34,20 @@ from vdp.io.tarslices import Entry, InputTar, StoreFault, iter_tar_index, member
 BLOCK = 512  # tar block size: every header and every member's padded data is a multiple of it
 
 
+class Collector(Protocol):
+    """Gathers something of each sound sample of one tar (vdp-dedup: its frame hashes)."""
+
+    def add(self, sample: Sample, facts: SampleFacts) -> None: ...  # a RecordError makes the sample bad
+
+    def result(self) -> Any: ...  # what the scan returns in TarScan.collected
+
+
 @dataclass(frozen=True)
 class ScanOptions:
     check: CheckOptions
     root: str  # the dataset folder: tars are named relative to it
-    dump: int = 0  # keep this many samples per tar (lowest rank) for the report
+    dump: int = 0  # keep this many samples per tar (lowest rank) for the report, and its histograms
+    collector: Callable[[], Collector] | None = None  # builds one Collector per tar (must pickle)
 
 
 @dataclass
@@ -68,7 +79,9 @@ class TarScan:
     keys: set[str] = field(default_factory=set, repr=False)  # seen so far, for duplicates
     offsets: list[int] = field(default_factory=list)  # header offset of each sample, then the end
     picks: list[Pick] = field(default_factory=list)
+    dists: Distributions | None = None  # the report's histograms (with a dump only)
     seconds: float = 0.0
+    collected: Any = None  # the Collector's result, when ScanOptions.collector is set
 
 
 def error_row(tar: str, key: str, reason: str) -> dict:
@@ -164,8 +177,10 @@ def scan_tar(path: str, opts: ScanOptions, extra: ExtraCheck | None = None) -> T
     """Check every sample of one tar; everything wrong becomes an error row, nothing raises."""
     clock = time.perf_counter()
     scan = TarScan(path, shard_name(path, opts.root))
+    scan.dists = Distributions(opts.check.max_len) if opts.dump else None
     damage: list[TarDamage] = []
     heap: list[tuple[bytes, int, Pick]] = []  # the picks kept, highest rank on top
+    collector = opts.collector() if opts.collector else None
     end = 0
     try:
         with InputTar(path, member_limit) as tar:
@@ -173,7 +188,7 @@ def scan_tar(path: str, opts: ScanOptions, extra: ExtraCheck | None = None) -> T
             for placed in iter_placed(tar.file, damage):
                 scan.offsets.append(placed.start)
                 end = placed.end
-                _record(scan, placed, opts, extra, heap)
+                _record(scan, placed, opts, extra, heap, collector)
     except (OSError, StoreFault) as e:
         damage.append(TarDamage(f"unreadable tar: {getattr(e, 'strerror', None) or e}", ""))
     scan.offsets.append(end)  # energon's index ends with the end of the last sample
@@ -184,13 +199,16 @@ def scan_tar(path: str, opts: ScanOptions, extra: ExtraCheck | None = None) -> T
         scan.dropped += 1 if d.dropped else 0
     scan.picks = sorted((p for _, _, p in heap), key=lambda p: p.rank)
     scan.keys = set()  # not worth sending back to the parent
+    scan.collected = collector.result() if collector else None
     scan.seconds = time.perf_counter() - clock
     return scan
 
 
-def _record(scan: TarScan, placed: Placed, opts: ScanOptions, extra: ExtraCheck | None, heap: list) -> None:
+def _record(
+    scan: TarScan, placed: Placed, opts: ScanOptions, extra: ExtraCheck | None, heap: list, collector: Collector | None
+) -> None:
     sample = placed.sample
-    reason, facts, text = _check_one(placed, opts, scan, extra)
+    reason, facts, text = _check_one(placed, opts, scan, extra, collector)
     scan.samples += 1
     if reason:
         scan.errors.append(error_row(scan.path, sample.key, reason))
@@ -199,6 +217,8 @@ def _record(scan: TarScan, placed: Placed, opts: ScanOptions, extra: ExtraCheck 
         scan.valid += 1
         scan.tokens += facts.tokens
         scan.images += facts.images
+        if scan.dists is not None:
+            scan.dists.add(facts)
     if opts.dump and not placed.problems:  # a refused member is never written anywhere, not even to the dump
         _keep(
             heap,
@@ -207,8 +227,8 @@ def _record(scan: TarScan, placed: Placed, opts: ScanOptions, extra: ExtraCheck 
         )
 
 
-def _check_one(placed: Placed, opts: ScanOptions, scan: TarScan, extra: ExtraCheck | None):
-    """(reason or "", facts, extra's output) for one sample."""
+def _check_one(placed: Placed, opts: ScanOptions, scan: TarScan, extra: ExtraCheck | None, collector: Collector | None):
+    """(reason or "", facts, extra's output) for one sample; a sound one is given to the collector."""
     sample = placed.sample
     if sample.key in scan.keys:
         return f"duplicate key: {sample.key} appears twice in the tar", None, []
@@ -218,6 +238,8 @@ def _check_one(placed: Placed, opts: ScanOptions, scan: TarScan, extra: ExtraChe
     try:
         facts = check_sample(sample, opts.check)
         text = extra(facts) if extra else []
+        if collector is not None:
+            collector.add(sample, facts)
     except RecordError as e:
         return str(e), None, []
     return "", facts, text
@@ -230,6 +252,11 @@ def _keep(heap: list, n: int, pick: Pick) -> None:
         heapq.heappush(heap, entry)
     elif entry[0] > heap[0][0]:
         heapq.heapreplace(heap, entry)
+
+
+def merge_distributions(scans: list[TarScan], max_len: int) -> Distributions:
+    """The whole scan's histograms: counts added, so the same for any number of workers."""
+    return merge_all((s.dists for s in scans), max_len)
 
 
 def merge_picks(scans: list[TarScan], n: int) -> list[Pick]:

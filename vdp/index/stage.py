@@ -19,6 +19,7 @@ from vdp.index.scan import ExtraCheck, ScanOptions, TarScan, error_row, scan_tar
 from vdp.io import storage
 from vdp.io.shards import list_tars
 from vdp.io.tario import write_errors_file
+from vdp.run.accounting import source_totals
 from vdp.run.pool import WorkFailure
 from vdp.run.progress import Stopwatch, print_summary, progress_bar
 from vdp.run.runner import RunContext, Work, run_units
@@ -177,10 +178,23 @@ def run_scan(
     return ScanRun(scans, clock.seconds)
 
 
-def finish(run: ScanRun, title: str, errors_path: str) -> int:
-    """Errors file, summary on stdout, bad tars on stderr; the exit status (0 clean, 1 anything bad)."""
+def finish(
+    run: ScanRun,
+    title: str,
+    errors_path: str,
+    totals: dict | None = None,
+    summary_path: str | None = None,
+    about: dict | None = None,
+) -> int:
+    """Errors file, summary on stdout (`totals`, default the scan's) and in `summary_path`, bad
+    tars on stderr; the exit status (0 clean, 1 anything bad).
+
+    Stage-1 tars with stats beside them add source_records, source_errors and source_filtered to
+    the summary: records that never reached a tar are known only there.
+    """
     write_errors_file(errors_path, run.errors)
-    print_summary(title, run.totals(), run.reasons())
+    totals = {**(run.totals() if totals is None else totals), **source_totals([s.path for s in run.scans])}
+    print_summary(title, totals, run.reasons(), save_to=summary_path, about=about)
     bad = run.bad_tars
     if not bad:
         return 0

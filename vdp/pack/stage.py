@@ -2,8 +2,8 @@
 
 `pack_record` runs in the worker processes and returns the sample's tar members, a reason
 (an error) or the filter rule it failed; `write_planned_tars` runs in the parent, pulls results
-in record order and writes each tar (plus its sidecar: its errors and filtered records)
-atomically, skipping tars a previous run finished.
+in record order and writes each tar (plus its sidecar: its errors and filtered records, and its
+accounting: vdp.run.accounting) atomically, skipping tars a previous run finished.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import os
+import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from vdp.pack.locate import locate, needs_locating, resolve
 from vdp.pack.manifest import BadRow, Record
 from vdp.pack.plan import TarPlan, sample_key
 from vdp.pack.samplers import SAMPLERS, SamplerOptions, choose_uniform
+from vdp.run.accounting import TarTally, write_tar_accounting
 from vdp.run.pool import TimeoutAlarm, WorkFailure
 
 STATE_DIR = ".pack"  # per-tar sidecars (errors, filtered) and the flags of the run, inside --save_path
@@ -95,6 +97,8 @@ class Packed:
     members: list[tuple[str, bytes]] | None  # None when the record failed or was filtered
     reason: str = ""
     filtered: dict | None = None  # the filter it failed: {"rule", "value", "threshold"}
+    signals: dict | None = None  # the packed sample's json `signals`, for its tar's stats
+    seconds: float = 0.0  # the record's time in the worker
 
 
 _OPTIONS: PackOptions | None = None
@@ -107,6 +111,12 @@ def init_worker(options: PackOptions) -> None:
 
 
 def pack_record(item: WorkItem) -> Packed:
+    """Build one sample (see `_pack_record`), timed for its tar's stats."""
+    clock = time.perf_counter()
+    return dataclasses.replace(_pack_record(item), seconds=time.perf_counter() - clock)
+
+
+def _pack_record(item: WorkItem) -> Packed:
     """Build one sample; every failure comes back as a reason, never an exception.
 
     An exception no rule expects (a bug) becomes an "unexpected error" naming its type and
@@ -223,7 +233,7 @@ def _video_signals(data: bytes, count: int) -> dict:
 def _unless_filtered(doc: dict, options: PackOptions, members) -> Packed:
     """The sample (`members()` builds it), or the filter its json fails."""
     verdict = failed(doc, options.filters)
-    return Packed(None, filtered=verdict) if verdict else Packed(members())
+    return Packed(None, filtered=verdict) if verdict else Packed(members(), signals=doc.get("signals"))
 
 
 def _build_sample(item: WorkItem, options: PackOptions) -> Packed:
@@ -300,35 +310,39 @@ class TarResult:
 
 
 def write_planned_tars(
-    save_path: str, plans: list[TarPlan], items: list[WorkItem], results: Iterator
+    save_path: str, plans: list[TarPlan], items: list[WorkItem], results: Iterator, status: bool = False
 ) -> Iterator[TarResult]:
-    """Consume `results` (one per item, in order) and write each planned tar when complete."""
+    """Consume `results` (one per item, in order) and write each planned tar when complete.
+
+    `status`: also each tar's per-record status file (--status parquet).
+    """
     by_index = {it.index: it for it in items}
     for plan in plans:
-        left_out: list[dict] = []  # errors and filtered records, in record order
-        packed = 0
+        tally = TarTally(plan.name)
+        tar_path = storage.join(save_path, plan.name)
 
-        def members(plan=plan, left_out=left_out):
-            nonlocal packed
+        def members(plan=plan, tally=tally, tar_path=tar_path):
             for index in range(plan.start, plan.end):
                 item, out = by_index[index], next(results)
                 if isinstance(out, WorkFailure):
                     out = Packed(None, out.reason)
+                key = sample_key(index)
+                source = item.entry.where if isinstance(item.entry, BadRow) else item.entry.video_path
                 if out.members is None:
-                    source = item.entry.where if isinstance(item.entry, BadRow) else item.entry.video_path
-                    if out.filtered is not None:
-                        left_out.append(filtered_entry(sample_key(index), source, out.filtered))
-                    else:
-                        left_out.append(error_entry(sample_key(index), source, out.reason))
+                    row = (filtered_entry(key, source, out.filtered) if out.filtered is not None
+                           else error_entry(key, source, out.reason))
+                    tally.add_left_out(row, out.seconds)
                 else:
-                    packed += 1
+                    tally.add_packed(key, source, out.members, out.signals, out.seconds)
                     yield from out.members
-            # Still inside the tar's temp file: the sidecar lands before the tar is renamed,
-            # so a tar under its final name always has its errors and filtered records beside it.
-            write_bytes_atomically(sidecar_path(save_path, plan), jsonl_bytes(left_out))
+            # Still inside the tar's temp file: its accounting, then the sidecar (with the tar, the
+            # mark of a finished tar) land before the tar is renamed, so a tar under its final name
+            # always has its errors and filtered records and its stats beside it.
+            write_tar_accounting(tar_path, tally, status)
+            write_bytes_atomically(sidecar_path(save_path, plan), jsonl_bytes(tally.left_out))
 
-        write_tar_atomically(storage.join(save_path, plan.name), members())
-        yield TarResult(plan, packed, [r for r in left_out if "reason" in r], [r for r in left_out if "rule" in r])
+        write_tar_atomically(tar_path, members())
+        yield TarResult(plan, tally.packed, tally.errors, tally.filtered)
 
 
 def _sidecar_rows(save_path: str, plan: TarPlan) -> list[dict]:
@@ -356,6 +370,6 @@ def tar_items(unit: TarUnit) -> list[WorkItem]:
     return unit.items
 
 
-def write_unit(save_path: str, unit: TarUnit, results: Iterator) -> TarResult:
+def write_unit(save_path: str, unit: TarUnit, results: Iterator, status: bool = False) -> TarResult:
     """The tar of `unit` from its records' results (pulled in order): in the parent, or in a Ray task."""
-    return next(write_planned_tars(save_path, [unit.plan], unit.items, results))
+    return next(write_planned_tars(save_path, [unit.plan], unit.items, results, status))

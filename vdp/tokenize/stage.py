@@ -2,8 +2,9 @@
 
 A group (K consecutive input tars) is the unit of work, resume and determinism: one worker
 reads its tars, tokenizes each sample, packs the samples into sequences and writes
-`shard_{g}.tar` atomically, then `.tokenize/shard_{g}.json` (its counts and error rows). A
-group is done when both exist. Nothing crosses groups, so the bytes of a shard depend only
+`shard_{g}.tar` atomically, then its stats `shard_{g}.tar.stats.json` (vdp.run.accounting) and
+`.tokenize/shard_{g}.json` (its counts and error rows). A group is done when the shard and the
+state exist, so a finished shard always has its stats. Nothing crosses groups, so the bytes of a shard depend only
 on its input tars and the options, whatever the number of workers.
 
 Memory stays bounded: the packer decides each sequence within one window of samples and
@@ -38,6 +39,7 @@ from vdp.io.shards import list_tars
 from vdp.io.tario import write_bytes_atomically
 from vdp.io.tarslices import FileSlice, StoreFault, read_range, write_tar_slices_atomically
 from vdp.media.jpeg import fit_jpeg, fit_size
+from vdp.run.accounting import json_bytes, shard_stats, stats_path
 from vdp.run.pool import WorkFailure
 from vdp.text.tokens import ConversationTokenizer, load_tokenizer
 from vdp.tokenize.frame_samples import FrameSample, ImageRef, read_frame_samples
@@ -79,6 +81,7 @@ class GroupResult:
     rejected: int = 0  # samples that went to the errors instead
     sequences: int = 0
     tokens: int = 0
+    images: int = 0  # frames written into the sequences
     lower_bound: int = 0  # fewest sequences any packing of these samples could use
     resized: int = 0  # frames shrunk to max_side
     errors: list[dict] = field(default_factory=list)
@@ -270,13 +273,15 @@ def tokenize_group(job: GroupJob) -> GroupResult:
             result.samples += len(parts)
 
     with spool:
-        write_tar_slices_atomically(shard_path(job), members())
+        size = write_tar_slices_atomically(shard_path(job), members())
     result.rejected = sum(1 for e in result.errors if e["key"])  # tar-level rows have no sample key
     result.errors += shrink_errors
     result.tokens = sum(lengths) - result.samples + result.sequences
     result.lower_bound = lower_bound(lengths, options.max_len)
     result.seconds = round(time.perf_counter() - clock, 3)
     result.cpu_seconds = round(time.process_time() - cpu, 3)
+    stats = shard_stats(storage.basename(shard_path(job)), result, options.max_len, size)
+    write_bytes_atomically(stats_path(shard_path(job)), json_bytes(stats))  # before the state: the shard is done with both
     write_bytes_atomically(state_path(job), json.dumps(asdict(result), ensure_ascii=False).encode())
     return result
 
@@ -376,4 +381,5 @@ def sequence_members(
         members.append((f"{key}.loss_mask.npy", _npy(mask_values)))
     for i, (p, ref) in enumerate(refs):
         members.append((f"{key}.{i}.jpg", _frame(p, ref, options, result, errors)))
+    result.images += len(refs)
     return members
