@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """End-to-end demo on data it makes itself: encode a few small videos with PyAV, pack them all
 three ways (stage 1), tokenize the keyframe shards with a small LLaMA-2-like tokenizer trained
-on the spot (stage 2), validate and index them and dump a few samples to an HTML report
-(stage 3), and print where everything is. Run from anywhere: python scripts/demo.py [OUT]
+on the spot (stage 2), validate and index them, read one training batch back through
+Megatron-Energon, dump a few samples to an HTML report (stage 3), and print where everything is. Run from anywhere: python scripts/demo.py [OUT]
 """
 
 from __future__ import annotations
@@ -30,6 +30,25 @@ DEMO_VIDEOS = {
 def run(cmd: list[str]) -> int:
     print("$ " + " ".join(cmd), flush=True)
     return subprocess.call(cmd, cwd=ROOT)
+
+
+def show_a_training_batch(tokens: str) -> None:
+    """What a trainer gets from the stage-2 shards: one batch through Megatron-Energon with no
+    code but our task encoder (index/main.py --energon named the sample type)."""
+    try:
+        from megatron.energon import WorkerConfig, get_loader, get_train_dataset
+
+        from vdp.energon import PackedSequenceEncoder
+    except ImportError:
+        print("(no training batch shown: pip install '.[energon]')")
+        return
+    ds = get_train_dataset(tokens, batch_size=2, shuffle_buffer_size=None, max_samples_per_sequence=None,
+                           worker_config=WorkerConfig(rank=0, world_size=1, num_workers=0),
+                           task_encoder=PackedSequenceEncoder(image_size=224))  # fmt: skip
+    batch = next(iter(get_loader(ds)))
+    names = ("input_ids", "labels", "loss_mask", "position_ids", "cu_seqlens", "images", "image_positions")
+    print("a training batch (README: Training on the shards): "
+          + ", ".join(f"{n} {tuple(getattr(batch, n).shape)}" for n in names))  # fmt: skip
 
 
 def main() -> int:
@@ -61,6 +80,8 @@ def main() -> int:
     results["index"] = (run([sys.executable, "index/main.py", "--dataset_path", tokens, "--dataset_name", "demo_kf",
                              "--output", index, "--patches", "32", "--max_len", "2048", "--tokenizer", tokenizer,
                              "--workers", "2", "--energon"]), index)
+    if results["index"][0] == 0:
+        show_a_training_batch(tokens)
     check = os.path.join(out, "check")
     results["check_pair"] = (run([sys.executable, "index/check_pair.py", "--dataset_path", results["kf"][1],
                                   "--dataset_name", "demo_kf_frames", "--workers", "2", "--dump", "3",
