@@ -295,10 +295,14 @@ def test_index_and_check_pair_summaries_add_the_source_counts(packed, inputs, tm
     doc = assert_summary_is_console(os.path.join(idx, "summary-index-acc.json"), stdout, "index")
     assert {k: doc["totals"][k] for k in source} == source
     chk = str(tmp_path / "chk")
-    rc, stdout = captured(check_pair.main, [*common, "--out", chk])
+    rc, stdout = captured(check_pair.main, [*common, "--out", chk, "--dump", "2"])
     assert rc == 0
     doc = assert_summary_is_console(os.path.join(chk, "summary-check_pair-acc.json"), stdout, "check_pair")
     assert {k: doc["totals"][k] for k in source} == source and doc["flags"]["out"] == chk
+    with open(os.path.join(chk, "report.html")) as f:
+        report = f.read()
+    for key, value in source.items():  # the report's totals are the summary's, stage-1 counts included
+        assert f'<tr data-field="{key}"><th>{key}</th><td class="count">{value}</td></tr>' in report
 
     tars = [os.path.join(out, n) for n in tars_in(out)]
     found = read_tar_stats(tars)

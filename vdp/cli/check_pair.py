@@ -27,7 +27,7 @@ from vdp.cli.index_flags import add_common_flags, context_of, prepare_scan
 from vdp.errors import UsageError
 from vdp.index.report import figures_of, read_duplicates, write_report
 from vdp.index.scan import merge_picks
-from vdp.index.stage import finish, run_scan
+from vdp.index.stage import finish, run_scan, scan_totals
 from vdp.io import storage
 from vdp.io.debris import remove_stale_partials
 from vdp.run.accounting import run_about, summary_path
@@ -77,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     run = run_scan(tars, options, context_of(args), args.timeout, *extra, progress=not args.no_progress)
     if not args.tokenizer and any(s.tokens for s in run.scans):
         print("note: token windows not decoded: stage-2 samples found but no --tokenizer given", file=sys.stderr)
+    totals = scan_totals(run)  # the report shows what the summary prints
     if args.dump:
         picks = merge_picks(run.scans, args.dump)
         figures = figures_of(run.scans, tars, options.check.max_len, args.dataset_path, duplicates)
         title = f"check_pair: {args.dataset_name}"
-        path = write_report(args.out, title, run.totals(), dict(run.reasons()), picks, figures)
+        path = write_report(args.out, title, totals, dict(run.reasons()), picks, figures)
         print(f"report: {path} ({len(picks)} samples)", file=sys.stderr)
     errors = storage.join(args.out, f"{args.dataset_name}.errors.jsonl")
-    return finish(run, "check_pair", errors, summary_path=summary, about=run_about(args, argv))
+    return finish(run, "check_pair", errors, totals, summary_path=summary, about=run_about(args, argv))
 

@@ -178,6 +178,12 @@ def run_scan(
     return ScanRun(scans, clock.seconds)
 
 
+def scan_totals(run: ScanRun) -> dict:
+    """The scan's totals; stage-1 tars with stats beside them add source_records, source_errors
+    and source_filtered: records that never reached a tar are known only there."""
+    return {**run.totals(), **source_totals([s.path for s in run.scans])}
+
+
 def finish(
     run: ScanRun,
     title: str,
@@ -186,14 +192,10 @@ def finish(
     summary_path: str | None = None,
     about: dict | None = None,
 ) -> int:
-    """Errors file, summary on stdout (`totals`, default the scan's) and in `summary_path`, bad
-    tars on stderr; the exit status (0 clean, 1 anything bad).
-
-    Stage-1 tars with stats beside them add source_records, source_errors and source_filtered to
-    the summary: records that never reached a tar are known only there.
-    """
+    """Errors file, summary on stdout (`totals`, default scan_totals(run)) and in `summary_path`,
+    bad tars on stderr; the exit status (0 clean, 1 anything bad)."""
     write_errors_file(errors_path, run.errors)
-    totals = {**(run.totals() if totals is None else totals), **source_totals([s.path for s in run.scans])}
+    totals = scan_totals(run) if totals is None else totals
     print_summary(title, totals, run.reasons(), save_to=summary_path, about=about)
     bad = run.bad_tars
     if not bad:
