@@ -23,6 +23,7 @@ import yaml
 
 from tests.pack_helpers import write_manifest
 from vdp.cli import dedup as dedup_main
+from vdp.cli import index as index_main
 from vdp.cli import pack as pack_main
 from vdp.index.dedup import (
     FULL_CROSS,
@@ -195,6 +196,11 @@ def test_indexes_keep_one_sample_per_group(corpus, tmp_path, capsys):
         split = yaml.safe_load(f)
     assert sorted(split["exclude"]) == sorted(f"{os.path.basename(t)}/{k}" for t, k in dropped)
     assert "tars with bad or duplicate samples are left out" in capsys.readouterr().err
+
+    # index/main.py --energon afterwards rewrites split.yaml without the duplicates: never silently
+    assert index_main.main(["--dataset_path", dataset, "--dataset_name", "ds", "--output", str(tmp_path / "idx2"),
+                            "--workers", "1", "--no_progress", "--energon"]) == 0  # fmt: skip
+    assert f"note: {len(dropped)} samples the previous split.yaml excluded" in capsys.readouterr().err
 
 
 def test_same_outputs_whatever_the_worker_count(corpus, tmp_path):

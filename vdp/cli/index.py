@@ -84,8 +84,11 @@ def write_indexes(args: argparse.Namespace, scans, image_ids: ImageTokenIds, lef
             file=sys.stderr,
         )
     if args.energon:
-        listed = write_energon(args.dataset_path, scans, image_ids)
+        listed, readmitted = write_energon(args.dataset_path, scans, image_ids)
         print(f"energon: {listed} shards indexed in {storage.join(args.dataset_path, '.nv-meta')}", file=sys.stderr)
+        if readmitted:
+            print(f"note: {readmitted} samples the previous split.yaml excluded (a vdp-dedup --energon run?) are "
+                  "included again; rerun vdp-dedup --energon to exclude its duplicates", file=sys.stderr)  # fmt: skip
 
 
 def final_paths(args: argparse.Namespace, tars: list[str]) -> list[str]:

@@ -101,10 +101,22 @@ def energon_files(scans: list[TarScan], image_ids: ImageTokenIds) -> dict[str, b
     return files
 
 
-def write_energon(root: str, scans: list[TarScan], image_ids: ImageTokenIds) -> int:
+def write_energon(root: str, scans: list[TarScan], image_ids: ImageTokenIds) -> tuple[int, int]:
     """Write energon's metadata into the dataset folder (or next to the tars in the bucket);
-    returns the number of shards listed."""
+    returns (shards listed, samples the split.yaml being replaced excluded and this one does not:
+    e.g. the duplicates a vdp-dedup --energon run excluded)."""
     files = energon_files(scans, image_ids)
+    readmitted = len(_excluded(root) - set(yaml.safe_load(files[f"{ENERGON_DIR}/split.yaml"])["exclude"]))
     for rel, data in files.items():
         write_bytes_atomically(storage.join(root, rel), data)
-    return sum(1 for rel in files if rel.endswith(".tar.idx"))
+    return sum(1 for rel in files if rel.endswith(".tar.idx")), readmitted
+
+
+def _excluded(root: str) -> set[str]:
+    """The `exclude` of the dataset's current split.yaml; empty when there is none or it is unreadable."""
+    path = storage.join(root, ENERGON_DIR, "split.yaml")
+    try:
+        doc = yaml.safe_load(storage.read_bytes(path)) if storage.exists(path) else None
+    except (OSError, yaml.YAMLError):
+        return set()
+    return set(doc.get("exclude") or []) if isinstance(doc, dict) else set()
