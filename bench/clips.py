@@ -151,7 +151,8 @@ def mode_args(mode: str, a: argparse.Namespace) -> list[str]:
     return ["--type", "video-only", "--clip_mode", mode]
 
 
-def run_pack(manifest: str, save_path: str, args: list[str]) -> Timing:
+def timed_pack(manifest: str, save_path: str, args: list[str], prog: str) -> tuple[Timing, str]:
+    """One whole `pack.py --workers 1` command into a fresh folder: its timing and stdout."""
     # a fresh folder each time: pack.py would skip (resume) the tars a previous run finished
     shutil.rmtree(save_path, ignore_errors=True)
     cmd = [sys.executable, PACK, "--manifest", manifest, "--save_path", save_path, "--workers", "1",
@@ -160,8 +161,12 @@ def run_pack(manifest: str, save_path: str, args: list[str]) -> Timing:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     timing = Timing(time.perf_counter() - t0, children_cpu() - c0)
     if proc.returncode != 0:
-        raise SystemExit(f"bench/clips.py: pack.py {' '.join(args)} exited {proc.returncode}: {proc.stderr[-800:]}")
-    return timing
+        raise SystemExit(f"{prog}: pack.py {' '.join(args)} exited {proc.returncode}: {proc.stderr[-800:]}")
+    return timing, proc.stdout
+
+
+def run_pack(manifest: str, save_path: str, args: list[str]) -> Timing:
+    return timed_pack(manifest, save_path, args, "bench/clips.py")[0]
 
 
 def best(timings: list[Timing]) -> Timing:

@@ -37,8 +37,6 @@ import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 
@@ -47,7 +45,7 @@ sys.path.insert(0, REPO)
 
 import cv2  # noqa: E402
 
-from bench.clips import children_cpu, ensure_videos, size, video_spec  # noqa: E402
+from bench.clips import ensure_videos, size, timed_pack, video_spec  # noqa: E402
 from vdp.io.shards import iter_samples, list_tars  # noqa: E402
 from vdp.media.signals import compute_signals  # noqa: E402
 from vdp.media.video import decode_chosen  # noqa: E402
@@ -89,16 +87,11 @@ class Run:
 
 
 def run_pack(manifest: str, save_path: str, args: list[str]) -> Run:
-    shutil.rmtree(save_path, ignore_errors=True)  # a fresh folder: pack.py would resume finished tars
-    cmd = [sys.executable, PACK, "--manifest", manifest, "--save_path", save_path, "--workers", "1",
-           "--samples_per_tar", "1000", "--no_progress", *args]  # fmt: skip
-    c0, t0 = children_cpu(), time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall, cpu = time.perf_counter() - t0, children_cpu() - c0
-    found = re.search(r"seconds=([0-9.]+)", proc.stdout)
-    if proc.returncode != 0 or not found:
-        raise SystemExit(f"bench/signals.py: pack.py {' '.join(args)} exited {proc.returncode}: {proc.stderr[-800:]}")
-    return Run(wall, cpu, float(found.group(1)))
+    timing, stdout = timed_pack(manifest, save_path, args, "bench/signals.py")
+    found = re.search(r"seconds=([0-9.]+)", stdout)
+    if not found:
+        raise SystemExit(f"bench/signals.py: pack.py {' '.join(args)} printed no summary")
+    return Run(timing.wall, timing.cpu, float(found.group(1)))
 
 
 def type_args(kind: str, a: argparse.Namespace) -> list[str]:
