@@ -70,3 +70,23 @@ def test_ray_tasks_read_an_s3_dataset(tmp_path, ray_local):
     storage.configure(None)
     assert rc == 1
     assert comparable(remote, "s3://rayidx/set") == comparable(tree_files(str(tmp_path / "pool")), dataset)
+
+
+def test_ray_dedup_is_the_pools(tmp_path, ray_local):
+    """vdp-dedup's scan runs as Ray tasks too: the same groups and indexes as the worker pool."""
+    from tests.pack_helpers import make_videos, write_manifest
+    from vdp.cli import dedup, pack
+
+    videos = make_videos(str(tmp_path / "videos"))
+    rows = [{"video_path": p, "value": n} for n, p in sorted(videos.items())]
+    manifest = write_manifest(str(tmp_path / "m.jsonl"), rows + rows[:3])  # three exact copies
+    shards = str(tmp_path / "shards")
+    assert pack.main(["--manifest", manifest, "--type", "un", "--num_frames", "4", "--samples_per_tar", "4",
+                      "--save_path", shards, "--workers", "2", "--no_progress"]) == 0  # fmt: skip
+    flags = ["--dataset_path", shards, "--dataset_name", "ds", "--workers", "2", "--no_progress"]
+    assert dedup.main([*flags, "--output", str(tmp_path / "pool")]) == 0
+    with on_ray_only():
+        assert dedup.main([*flags, "--output", str(tmp_path / "ray"), "--executor", "ray"]) == 0
+    pool = tree_files(str(tmp_path / "pool"))
+    assert tree_files(str(tmp_path / "ray")) == pool
+    assert pool["ds.duplicates.jsonl"].count(b"\n") >= 3, "each copy grouped with its original"
