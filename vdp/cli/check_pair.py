@@ -23,7 +23,7 @@ import argparse
 import sys
 
 from vdp.cli.common import reports_command_errors
-from vdp.cli.index_flags import add_common_flags, context_of, prepare_scan
+from vdp.cli.index_flags import context_of, prepare_scan, stage3_parser
 from vdp.errors import UsageError
 from vdp.index.report import figures_of, read_duplicates, write_report
 from vdp.index.scan import merge_picks
@@ -34,12 +34,7 @@ from vdp.run.accounting import run_about, summary_path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_flags(p)
+    p = stage3_parser(__doc__)
     p.add_argument(
         "--dump", type=int, default=0, metavar="N", help="write N samples and report.html to --out (default 0)"
     )

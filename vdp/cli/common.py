@@ -22,6 +22,14 @@ def add_run_flags(p: argparse.ArgumentParser, unit: str) -> None:
     p.add_argument("--no_progress", action="store_true", help="no progress bar (the summary is still printed)")
 
 
+def add_executor_flags(p: argparse.ArgumentParser, task: str) -> None:
+    """--executor and --ray_address: where the runner sends its units, one `task` each."""
+    p.add_argument("--executor", default="pool", choices=["pool", "ray"],
+                   help=f"pool: worker processes on this machine; ray: one Ray task per {task} (local or --ray_address)")
+    p.add_argument("--ray_address", default=None,
+                   help="Ray cluster to join, e.g. auto or HEAD:6379 (default: start a local Ray)")
+
+
 def add_plugin_flag(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help=f"a Python file registering your own {what} (repeatable); the repo's shims pass "

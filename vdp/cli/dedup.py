@@ -28,7 +28,7 @@ from functools import partial
 
 from vdp.cli.common import reports_command_errors
 from vdp.cli.index import add_index_flags, final_paths, write_indexes
-from vdp.cli.index_flags import add_common_flags, context_of, prepare_scan
+from vdp.cli.index_flags import context_of, prepare_scan, stage3_parser
 from vdp.errors import UsageError
 from vdp.index.dedup import (
     FrameHashes,
@@ -51,12 +51,7 @@ MAX_RADIUS = 20  # unrelated pictures' hashes are about 32 bits apart; past this
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_flags(p)
+    p = stage3_parser(__doc__)
     add_index_flags(p, also=", NAME.duplicates.jsonl")
     rule = MatchRule()
     p.add_argument("--radius", type=int, default=rule.radius,

@@ -21,7 +21,7 @@ import argparse
 import sys
 
 from vdp.cli.common import reports_command_errors
-from vdp.cli.index_flags import add_common_flags, context_of, prepare_scan
+from vdp.cli.index_flags import context_of, prepare_scan, stage3_parser
 from vdp.index.formats import (
     default_url,
     energon_files,
@@ -40,12 +40,7 @@ from vdp.run.accounting import run_about, summary_path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_flags(p)
+    p = stage3_parser(__doc__)
     add_index_flags(p)
     return p.parse_args(argv)
 

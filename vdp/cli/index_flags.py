@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vdp.cli.common import add_run_flags
+from vdp.cli.common import add_executor_flags, add_run_flags
 from vdp.errors import UsageError
 from vdp.index.scan import ScanOptions
 from vdp.index.stage import find_tars
@@ -12,6 +12,18 @@ from vdp.index.validate import CheckOptions, ImageTokenIds
 from vdp.io import storage
 from vdp.io.localcopy import local_copy
 from vdp.run.runner import RunContext
+
+
+def stage3_parser(doc: str) -> argparse.ArgumentParser:
+    """A stage-3 command's parser: its docstring's first paragraph the description, the rest the
+    epilog (examples, exit status), and the flags all of them share."""
+    p = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0],
+        epilog=doc.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common_flags(p)
+    return p
 
 
 def add_common_flags(p: argparse.ArgumentParser) -> None:
@@ -31,13 +43,7 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
         help="SentencePiece .model or Hugging Face folder (local, s3:// or oss://): takes the image token ids from it",
     )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds one tar may take before it counts as failed")
-    p.add_argument(
-        "--executor",
-        default="pool",
-        choices=["pool", "ray"],
-        help="pool: worker processes on this machine; ray: one Ray task per tar (local or --ray_address)",
-    )
-    p.add_argument("--ray_address", help="Ray cluster to join, e.g. auto or HEAD:6379 (default: start a local Ray)")
+    add_executor_flags(p, "tar")
     add_run_flags(p, "tar")
 
 

@@ -14,7 +14,7 @@ import os
 from functools import partial
 
 import vdp.pack.datasets  # noqa: F401 (registers the built-in datasets)
-from vdp.cli.common import add_plugin_flag, add_run_flags, load_plugins, reports_command_errors
+from vdp.cli.common import add_executor_flags, add_plugin_flag, add_run_flags, load_plugins, reports_command_errors
 from vdp.errors import EXIT_OK, EXIT_SOME_ERRORS, UsageError, jsonl_bytes, reason_counts
 from vdp.io import storage
 from vdp.io.debris import remove_stale_partials
@@ -106,9 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "no re-encode) or exact (re-encode exactly the span's frames with libx264)")
     p.add_argument("--decode_threads", type=int, default=1, help="decoder threads per worker (0: FFmpeg's choice)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds one video may take before it goes to errors")
-    p.add_argument("--executor", default="pool", choices=["pool", "ray"],
-                   help="pool: worker processes on this machine; ray: one Ray task per tar (local or --ray_address)")
-    p.add_argument("--ray_address", default=None, help="Ray cluster to join, e.g. auto or HEAD:6379 (default: start a local Ray)")
+    add_executor_flags(p, "tar")
     p.add_argument("--status", default=None, choices=["parquet"],
                    help="parquet: beside each tar, {tar}.status.parquet with one row per record "
                         "(key, source, status packed/error/filtered, reason)")

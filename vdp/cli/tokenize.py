@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 
-from vdp.cli.common import add_run_flags, reports_command_errors
+from vdp.cli.common import add_executor_flags, add_run_flags, reports_command_errors
 from vdp.errors import (
     EXIT_OK,
     EXIT_SOME_ERRORS,
@@ -125,15 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=float, default=3600.0, help="seconds one output shard may take before it counts as failed"
     )
-    p.add_argument(
-        "--executor",
-        default="pool",
-        choices=["pool", "ray"],
-        help="pool: worker processes on this machine; ray: one Ray task per output shard (local or --ray_address)",
-    )
-    p.add_argument(
-        "--ray_address", default=None, help="Ray cluster to join, e.g. auto or HEAD:6379 (default: start a local Ray)"
-    )
+    add_executor_flags(p, "output shard")
     add_run_flags(p, "group of tars")
     return p
 
