@@ -36,7 +36,6 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-import cv2
 import numpy as np
 
 from vdp.errors import RecordError
@@ -44,6 +43,7 @@ from vdp.index.scan import TarScan
 from vdp.index.validate import SampleFacts
 from vdp.io import storage
 from vdp.io.shards import Sample
+from vdp.media.jpeg import decode_jpeg
 from vdp.media.phash import phash
 from vdp.media.signals import working_grey
 
@@ -82,7 +82,7 @@ def _signal_hashes(signals, facts: SampleFacts) -> list[int] | None:
 
 def jpeg_hash(data: bytes, member: str) -> int:
     """A JPEG's frame hash, computed as stage 1 computes `signals.phash`."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = decode_jpeg(data)
     if image is None:
         raise RecordError(f"bad jpeg: {member}: does not decode")
     return int(phash(working_grey(image)), 16)
@@ -194,8 +194,8 @@ class Grouping:
 
 
 def hash_codes(hashes: np.ndarray) -> np.ndarray:
-    """uint64 hashes as faiss's N×8 uint8 codes (the bytes of the 16 hex digits, as hashes_to_bytes
-    gives them), with one zero row of padding after the last: faiss's multi-hash reads a few
+    """uint64 hashes as faiss's N×8 uint8 codes (the bytes of the 16 hex digits, most significant
+    first), with one zero row of padding after the last: faiss's multi-hash reads a few
     bytes past a code to cut its substrings."""
     codes = np.zeros((len(hashes) + 1, 8), np.uint8)
     codes[:-1] = hashes.astype(">u8").view(np.uint8).reshape(-1, 8)

@@ -30,6 +30,7 @@ from vdp.index.validate import VIDEO_EXTS
 from vdp.io import storage
 from vdp.io.tario import write_bytes_atomically
 from vdp.io.tarslices import InputTar, StoreFault, member_limit
+from vdp.media.jpeg import decode_jpeg
 
 THUMB_HEIGHT = 96
 
@@ -55,7 +56,7 @@ class Dumped:
 
 def thumbnail(data: bytes) -> str:
     """A JPEG data URI of the image scaled to THUMB_HEIGHT, or "" when it does not decode."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    img = decode_jpeg(data)
     if img is None:
         return ""
     h, w = img.shape[:2]

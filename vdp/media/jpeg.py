@@ -73,12 +73,17 @@ def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def decode_jpeg(data: bytes) -> np.ndarray | None:
+    """H×W×3 BGR pixels of a JPEG, or None when the bytes do not decode (the caller names the member)."""
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
 def fit_jpeg(data: bytes, width: int, height: int, max_side: int, quality: int = 95) -> bytes:
     """The JPEG itself when it fits in max_side, else a shrunk copy (aspect ratio kept)."""
     target = fit_size(width, height, max_side)
     if target == (width, height):
         return data
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    img = decode_jpeg(data)
     if img is None:
         raise RecordError("corrupt jpeg: cannot decode")
     small = cv2.resize(img, target, interpolation=cv2.INTER_AREA)

@@ -35,9 +35,3 @@ def hamming(a: str, b: str) -> int:
     """Bits that differ between two hex hashes."""
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
-
-def hashes_to_bytes(hashes: list[str]) -> np.ndarray:
-    """N×8 uint8, the layout binary nearest-neighbour indexes (faiss IndexBinary*) take."""
-    if not hashes:
-        return np.zeros((0, 8), dtype=np.uint8)
-    return np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes), dtype=np.uint8).reshape(-1, 8)

@@ -14,10 +14,12 @@ import cv2
 import numpy as np
 import torch
 
+from vdp.media.jpeg import decode_jpeg
+
 
 def decode_jpeg_rgb(data: bytes) -> np.ndarray:
     """H×W×3 uint8 RGB; ValueError when the bytes are not a JPEG."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = decode_jpeg(data)
     if image is None:
         raise ValueError("not a decodable JPEG")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
