@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import csv
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -493,8 +494,9 @@ class Manifest:
     loader: Loader
     options: LoaderOptions = field(default_factory=LoaderOptions)
 
-    @property
+    @functools.cached_property
     def format(self) -> str:
+        # cached: telling a JSON array from JSON lines opens the file (a remote one too)
         if self.loader.rows == "json":  # the same records ship as one array or as lines
             return json_format(self.path)
         return format_of(self.path) if self.loader.rows == "table" else self.loader.rows
