@@ -161,6 +161,7 @@ def test_planted_copies_are_grouped_with_their_original_and_nothing_else(corpus,
     assert recall >= 0.95
     assert all(g[0].startswith("orig") for g in groups), "the original (more pixels, longer) is kept"
     assert "hashed=44, from_jpeg=0" in summary and f"groups={len(groups)}, duplicates={len(groups)}" in summary
+    assert "source_records=44, source_errors=0, source_filtered=0" in summary, "stage 1's counts, from its stats"
 
 
 def test_each_duplicate_line_names_the_kept_sample_first_with_distances(corpus, tmp_path):

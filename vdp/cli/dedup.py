@@ -40,7 +40,7 @@ from vdp.index.dedup import (
     group_videos,
     without_duplicates,
 )
-from vdp.index.stage import finish, run_scan
+from vdp.index.stage import finish, run_scan, scan_totals
 from vdp.io import storage
 from vdp.io.debris import remove_stale_partials
 from vdp.io.tario import write_stream_atomically
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     write_stream_atomically(base + ".duplicates.jsonl", partial(write_lines, duplicate_lines(group_rows(found, grouping, rule))))
     write_indexes(args, without_duplicates(run.scans, dropped_keys(found, grouping)), options.check.image_ids,
                   left_out="bad or duplicate samples")
-    totals = run.totals()
+    totals = scan_totals(run)
     removed = len(grouping.dropped())
     totals.update(hashed=len(found.keys), from_jpeg=found.from_jpeg, groups=grouping.groups, duplicates=removed,
                   indexed=totals["indexed"] - removed, seconds=clock.seconds)
